@@ -1,0 +1,126 @@
+//! Conversions between domain values and protobuf messages, one function per type.
+
+use super::pb;
+use crate::cluster::{Consistency, ReadInfo, ReplicaStatus, Written};
+use crate::raft::command::{CompletedCheckpoint, Savepoint};
+use crate::raft::state::Job;
+
+/// The read consistency a request asks for.
+pub fn consistency(value: i32) -> Consistency {
+    match pb::ReadConsistency::try_from(value) {
+        Ok(pb::ReadConsistency::Stale) => Consistency::Stale,
+        _ => Consistency::Linearizable,
+    }
+}
+
+/// Who served a read.
+pub fn read_info(r: &ReadInfo) -> pb::ReadInfo {
+    pb::ReadInfo {
+        served_by: r.served_by,
+        consistency: match r.consistency {
+            Consistency::Linearizable => pb::ReadConsistency::Linearizable,
+            Consistency::Stale => pb::ReadConsistency::Stale,
+        } as i32,
+        applied_index: r.applied_index,
+        read_index: r.read_index,
+        ms_since_leader_contact: r.ms_since_leader_contact,
+        unapplied_entries: r.unapplied_entries,
+    }
+}
+
+/// Who committed a write.
+pub fn write_info(received_by: u64, w: &Written) -> pb::WriteInfo {
+    pb::WriteInfo { received_by, served_by: w.leader, log_index: w.index }
+}
+
+fn checkpoint(c: &CompletedCheckpoint) -> pb::Checkpoint {
+    pb::Checkpoint {
+        id: c.id,
+        trigger_at_ms: c.trigger_at_ms,
+        completed_at_ms: c.completed_at_ms,
+        external_path: c.external_path.clone(),
+        state_size_bytes: c.state_size_bytes,
+    }
+}
+
+fn savepoint(s: &Savepoint) -> pb::Savepoint {
+    pb::Savepoint { checkpoint_id: s.checkpoint_id, path: s.path.clone(), at_ms: s.at_ms }
+}
+
+/// A whole job.
+pub fn job(j: &Job) -> pb::Job {
+    pb::Job {
+        job_id: j.id.clone(),
+        name: j.name.clone(),
+        status: j.status.as_flink_str().to_string(),
+        epoch: j.epoch,
+        submitted_at_ms: j.submitted_at_ms,
+        updated_at_ms: j.updated_at_ms,
+        spec_json: j.spec_json.clone(),
+        max_retained_checkpoints: j.max_retained_checkpoints,
+        last_checkpoint_id: j.last_checkpoint_id,
+        checkpoints: j.checkpoints.iter().map(checkpoint).collect(),
+        savepoints: j.savepoints.iter().map(savepoint).collect(),
+        history: j
+            .status_history
+            .iter()
+            .map(|h| pb::StatusChange {
+                status: h.status.as_flink_str().to_string(),
+                at_ms: h.at_ms,
+                reason: h.reason.clone().unwrap_or_default(),
+            })
+            .collect(),
+        error: j.result.as_ref().and_then(|r| r.error.clone()).unwrap_or_default(),
+        metadata_keys: j.metadata.len() as u32,
+        submitted_index: j.submitted_index,
+    }
+}
+
+/// A job's line in a listing.
+pub fn job_summary(j: &Job) -> pb::JobSummary {
+    pb::JobSummary {
+        job_id: j.id.clone(),
+        name: j.name.clone(),
+        status: j.status.as_flink_str().to_string(),
+        submitted_at_ms: j.submitted_at_ms,
+        updated_at_ms: j.updated_at_ms,
+        epoch: j.epoch,
+        last_checkpoint_id: j.last_checkpoint_id,
+    }
+}
+
+/// One replica's status, or why it did not answer.
+pub fn replica_status(
+    id: u64,
+    status: Result<&ReplicaStatus, String>,
+    fallback: Option<&crate::raft::Node>,
+) -> pb::ReplicaStatus {
+    match status {
+        Ok(s) => pb::ReplicaStatus {
+            node_id: s.node_id,
+            raft_addr: s.node.raft_addr.clone(),
+            api_addr: s.node.api_addr.clone(),
+            reachable: true,
+            error: String::new(),
+            state: s.state.clone(),
+            term: s.term,
+            leader: s.leader,
+            last_log_index: s.last_log_index,
+            committed_index: s.committed_index,
+            applied_index: s.applied_index,
+            snapshot_index: s.snapshot_index,
+            purged_index: s.purged_index,
+            leader_services_active: s.leader_services_active,
+            data_dir_bytes: s.data_dir_bytes,
+            ms_since_leader_contact: s.ms_since_leader_contact,
+        },
+        Err(error) => pb::ReplicaStatus {
+            node_id: id,
+            raft_addr: fallback.map(|n| n.raft_addr.clone()).unwrap_or_default(),
+            api_addr: fallback.map(|n| n.api_addr.clone()).unwrap_or_default(),
+            reachable: false,
+            error,
+            ..Default::default()
+        },
+    }
+}

@@ -1,0 +1,91 @@
+//! gRPC: two services on two listeners of every replica.
+//!
+//! * `jobmanager.v1.JobManager` ([`service`]): the client API. Writes are forwarded to the leader by
+//!   the cluster layer, so any replica serves any request.
+//! * `jobmanager.peer.v1.RaftPeer` ([`peer`]): replica-to-replica calls carrying bincode payloads, plus
+//!   [`GrpcTransport`], the [`PeerTransport`](crate::raft::PeerTransport) that sends them over one
+//!   reused HTTP/2 channel per peer.
+//!
+//! Protobuf types stay here: [`convert`] turns domain values into messages, [`status`] maps every
+//! error to a `tonic::Status` with a message a person can act on. [`client::ClusterClient`] is the
+//! client the CLI, the benchmark and the tests use.
+
+pub mod client;
+pub mod convert;
+pub mod peer;
+pub mod service;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use client::{ClientError, ClusterClient};
+pub use peer::GrpcTransport;
+
+use crate::cluster::ReplicaNode;
+use crate::dispatcher::Dispatcher;
+
+/// Generated protobuf types of the client API.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("jobmanager.v1");
+}
+
+/// Generated protobuf types of the peer service.
+#[allow(missing_docs, clippy::all)]
+pub mod peer_pb {
+    tonic::include_proto!("jobmanager.peer.v1");
+}
+
+/// The largest client request accepted (a 1 MiB job spec plus framing).
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
+/// The largest peer message accepted (a batch of log entries or a snapshot chunk).
+pub const MAX_PEER_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Serves the peer service on `raft` and the client API on `api` until `shutdown` resolves.
+pub async fn serve(
+    node: Arc<ReplicaNode>,
+    raft: TcpListener,
+    api: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let peer_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(peer::server(node.clone()))
+        .serve_with_incoming_shutdown(incoming(raft), stopped(rx.clone()));
+    let api_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .concurrency_limit_per_connection(256)
+        .add_service(service::server(Dispatcher::new(node)))
+        .serve_with_incoming_shutdown(incoming(api), stopped(rx));
+    tokio::try_join!(peer_server, api_server)?;
+    Ok(())
+}
+
+fn incoming(listener: TcpListener) -> TcpListenerStream {
+    TcpListenerStream::new(listener)
+}
+
+/// Binds a listener, with an error that names the address.
+pub async fn bind(addr: &str) -> Result<TcpListener, String> {
+    let parsed: SocketAddr = match addr.parse() {
+        Ok(a) => a,
+        Err(_) => tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{addr} resolves to no address"))?,
+    };
+    TcpListener::bind(parsed).await.map_err(|e| format!("cannot listen on {addr}: {e}"))
+}

@@ -1,0 +1,148 @@
+//! The peer service and [`GrpcTransport`], the gRPC [`PeerTransport`] between replicas.
+//!
+//! One lazily connected HTTP/2 channel per peer address is kept and reused for every call (tonic
+//! multiplexes concurrent calls on it). Each call carries its own deadline, sized by openraft (the
+//! heartbeat-based TTL) or by the cluster layer (the write budget).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+use super::peer_pb::raft_peer_client::RaftPeerClient;
+use super::peer_pb::raft_peer_server::{RaftPeer, RaftPeerServer};
+use super::peer_pb::PeerPayload;
+use super::MAX_PEER_MESSAGE_BYTES;
+use crate::cluster::ReplicaNode;
+use crate::raft::network::BoxFuture;
+use crate::raft::{Node, NodeId, PeerCall, PeerTransport, TransportError};
+
+/// How long to wait for a TCP connection to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Sends peer calls over gRPC.
+#[derive(Default)]
+pub struct GrpcTransport {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl GrpcTransport {
+    /// A transport with no connections yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, TransportError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| TransportError::Unreachable(format!("bad peer address {addr}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+fn transport_error(status: Status, timeout: Duration) -> TransportError {
+    match status.code() {
+        Code::DeadlineExceeded | Code::Cancelled => TransportError::Timeout(timeout),
+        // tonic reports a failed TCP connect as Unavailable: the request never left.
+        Code::Unavailable if is_connect_failure(&status) => TransportError::Unreachable(status.message().to_string()),
+        _ => TransportError::Failed(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+fn is_connect_failure(status: &Status) -> bool {
+    let mut text = status.message().to_lowercase();
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        text.push_str(&s.to_string().to_lowercase());
+        source = s.source();
+    }
+    text.contains("connect") || text.contains("refused")
+}
+
+impl PeerTransport for GrpcTransport {
+    fn call(
+        &self,
+        _target: NodeId,
+        node: &Node,
+        call: PeerCall,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> BoxFuture<Result<Vec<u8>, TransportError>> {
+        let channel = self.channel(&node.raft_addr);
+        Box::pin(async move {
+            let mut client = RaftPeerClient::new(channel?)
+                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+            let mut request = Request::new(PeerPayload { data: payload });
+            request.set_timeout(timeout);
+            let reply = tokio::time::timeout(timeout, async {
+                match call {
+                    PeerCall::AppendEntries => client.append_entries(request).await,
+                    PeerCall::Vote => client.vote(request).await,
+                    PeerCall::InstallSnapshot => client.install_snapshot(request).await,
+                    PeerCall::Forward => client.forward(request).await,
+                    PeerCall::ReadIndex => client.read_index(request).await,
+                    PeerCall::NodeStatus => client.node_status(request).await,
+                }
+            })
+            .await
+            .map_err(|_| TransportError::Timeout(timeout))?;
+            reply.map(|r| r.into_inner().data).map_err(|s| transport_error(s, timeout))
+        })
+    }
+}
+
+/// The peer service of one replica.
+pub struct PeerService {
+    node: Arc<ReplicaNode>,
+}
+
+/// The peer service, ready to be added to a tonic server.
+pub fn server(node: Arc<ReplicaNode>) -> RaftPeerServer<PeerService> {
+    RaftPeerServer::new(PeerService { node })
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
+}
+
+impl PeerService {
+    async fn serve(&self, call: PeerCall, request: Request<PeerPayload>) -> Result<Response<PeerPayload>, Status> {
+        let payload = request.into_inner().data;
+        match self.node.serve_peer_call(call, &payload).await {
+            Ok(data) => Ok(Response::new(PeerPayload { data })),
+            Err(e) => Err(Status::invalid_argument(e.to_string())),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn append_entries(&self, r: Request<PeerPayload>) -> Result<Response<PeerPayload>, Status> {
+        self.serve(PeerCall::AppendEntries, r).await
+    }
+    async fn vote(&self, r: Request<PeerPayload>) -> Result<Response<PeerPayload>, Status> {
+        self.serve(PeerCall::Vote, r).await
+    }
+    async fn install_snapshot(&self, r: Request<PeerPayload>) -> Result<Response<PeerPayload>, Status> {
+        self.serve(PeerCall::InstallSnapshot, r).await
+    }
+    async fn forward(&self, r: Request<PeerPayload>) -> Result<Response<PeerPayload>, Status> {
+        self.serve(PeerCall::Forward, r).await
+    }
+    async fn read_index(&self, r: Request<PeerPayload>) -> Result<Response<PeerPayload>, Status> {
+        self.serve(PeerCall::ReadIndex, r).await
+    }
+    async fn node_status(&self, r: Request<PeerPayload>) -> Result<Response<PeerPayload>, Status> {
+        self.serve(PeerCall::NodeStatus, r).await
+    }
+}

@@ -1,0 +1,102 @@
+//! The client API service, `jobmanager.v1.JobManager`: protobuf in, Dispatcher call, protobuf out.
+
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::pb;
+use super::pb::job_manager_server::{JobManager, JobManagerServer};
+use super::MAX_CLIENT_MESSAGE_BYTES;
+use crate::dispatcher::Dispatcher;
+
+/// The client API service of one replica.
+pub struct JobManagerService {
+    dispatcher: Dispatcher,
+}
+
+/// The client API service, ready to be added to a tonic server. Requests above
+/// [`MAX_CLIENT_MESSAGE_BYTES`] are refused by tonic with OUT_OF_RANGE before they are decoded.
+pub fn server(dispatcher: Dispatcher) -> JobManagerServer<JobManagerService> {
+    JobManagerServer::new(JobManagerService { dispatcher })
+        .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES)
+        .max_encoding_message_size(64 * 1024 * 1024)
+}
+
+impl JobManagerService {
+    fn id(&self) -> u64 {
+        self.dispatcher.node().id
+    }
+}
+
+#[tonic::async_trait]
+impl JobManager for JobManagerService {
+    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobReply>, Status> {
+        let r = request.into_inner();
+        let submitted = self.dispatcher.submit(&r.spec, &r.idempotency_key).await?;
+        Ok(Response::new(pb::SubmitJobReply {
+            job_id: submitted.job_id,
+            created: submitted.created,
+            write: Some(convert::write_info(self.id(), &submitted.written)),
+        }))
+    }
+
+    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobReply>, Status> {
+        let r = request.into_inner();
+        let (status, written) = self.dispatcher.cancel(&r.job_id).await?;
+        Ok(Response::new(pb::CancelJobReply {
+            job_id: r.job_id,
+            status: status.as_flink_str().to_string(),
+            write: Some(convert::write_info(self.id(), &written)),
+        }))
+    }
+
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobReply>, Status> {
+        let r = request.into_inner();
+        let (job, read) = self.dispatcher.get(&r.job_id, convert::consistency(r.consistency)).await?;
+        Ok(Response::new(pb::GetJobReply { job: Some(convert::job(&job)), read: Some(convert::read_info(&read)) }))
+    }
+
+    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsReply>, Status> {
+        let r = request.into_inner();
+        let (jobs, read) = self.dispatcher.list(convert::consistency(r.consistency), convert::job_summary).await?;
+        Ok(Response::new(pb::ListJobsReply { jobs, read: Some(convert::read_info(&read)) }))
+    }
+
+    async fn put_job_metadata(
+        &self,
+        request: Request<pb::PutJobMetadataRequest>,
+    ) -> Result<Response<pb::PutJobMetadataReply>, Status> {
+        let r = request.into_inner();
+        let written = self.dispatcher.put_metadata(&r.job_id, &r.key, r.value).await?;
+        Ok(Response::new(pb::PutJobMetadataReply { write: Some(convert::write_info(self.id(), &written)) }))
+    }
+
+    async fn get_job_metadata(
+        &self,
+        request: Request<pb::GetJobMetadataRequest>,
+    ) -> Result<Response<pb::GetJobMetadataReply>, Status> {
+        let r = request.into_inner();
+        let (value, read) =
+            self.dispatcher.get_metadata(&r.job_id, &r.key, convert::consistency(r.consistency)).await?;
+        Ok(Response::new(pb::GetJobMetadataReply { value, read: Some(convert::read_info(&read)) }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusReply>, Status> {
+        let node = self.dispatcher.node();
+        let members = node.members();
+        let statuses = node.cluster_status().await;
+        let replicas = statuses
+            .iter()
+            .map(|(id, s)| convert::replica_status(*id, s.as_ref().map_err(|e| e.to_string()), members.get(id)))
+            .collect();
+        let m = node.metrics();
+        Ok(Response::new(pb::ClusterStatusReply {
+            served_by: node.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            replicas,
+        }))
+    }
+}

@@ -1,0 +1,265 @@
+//! `jm local`: a 3-replica cluster on this machine, as child processes of one command.
+//!
+//! Each replica is a real `jm server` process with its data under `DIR/node-N` and its log in
+//! `DIR/node-N/server.log`. `DIR/cluster.json` lists every process started (role, node id, pid,
+//! addresses) for scripts and tests. Restarting `jm local` on the same directory reuses the addresses
+//! recorded there, because the replicated membership remembers them.
+//!
+//! A replica that dies is reported, not restarted: hiding a crash would hide a bug. Ctrl-C or SIGTERM
+//! stops every child (SIGTERM, then SIGKILL after a grace period).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::process::{Child, Command};
+
+use crate::api::grpc::{pb, ClusterClient};
+
+/// Flags of `jm local`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LocalArgs {
+    /// Where the replicas keep their data and logs.
+    #[arg(long, env = "JM_LOCAL_DIR", default_value = "jm-local")]
+    pub data_dir: PathBuf,
+    /// How many replicas (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    pub replicas: u64,
+    /// First client API port: replica N uses BASE+N-1, its peer service BASE+N+9. 0 picks free ports.
+    #[arg(long, default_value_t = 6123)]
+    pub base_port: u16,
+    /// Extra flags for every `jm server`, e.g. "--heartbeat-ms 50".
+    #[arg(long, allow_hyphen_values = true)]
+    pub server_args: Option<String>,
+}
+
+/// One process `jm local` started, as written to `cluster.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// `replica` (TaskManagers come later).
+    pub role: String,
+    /// The replica's node id.
+    pub node_id: u64,
+    /// Its process id.
+    pub pid: u32,
+    /// Its client gRPC API address.
+    pub grpc_addr: String,
+    /// Its peer (Raft) address.
+    pub raft_addr: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    /// False once it has exited.
+    pub alive: bool,
+}
+
+/// `DIR/cluster.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterFile {
+    /// The cluster's data directory.
+    pub data_dir: PathBuf,
+    /// Every process started.
+    pub processes: Vec<ProcessInfo>,
+}
+
+impl ClusterFile {
+    /// The client API addresses, comma-separated.
+    pub fn grpc_addrs(&self) -> String {
+        self.processes.iter().map(|p| p.grpc_addr.as_str()).collect::<Vec<_>>().join(",")
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn addresses(args: &LocalArgs, previous: Option<&ClusterFile>) -> Result<Vec<(u64, String, String)>> {
+    if let Some(prev) = previous {
+        if prev.processes.len() as u64 == args.replicas {
+            return Ok(prev.processes.iter().map(|p| (p.node_id, p.grpc_addr.clone(), p.raft_addr.clone())).collect());
+        }
+        bail!(
+            "{} holds a {}-replica cluster; use --replicas {} or another --data-dir",
+            args.data_dir.display(),
+            prev.processes.len(),
+            prev.processes.len()
+        );
+    }
+    (1..=args.replicas)
+        .map(|id| {
+            let (api, raft) = if args.base_port == 0 {
+                (free_port()?, free_port()?)
+            } else {
+                let n = id as u16 - 1;
+                (args.base_port + n, args.base_port + n + 10)
+            };
+            Ok((id, format!("127.0.0.1:{api}"), format!("127.0.0.1:{raft}")))
+        })
+        .collect()
+}
+
+fn write_cluster_file(path: &Path, file: &ClusterFile) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(file)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Runs the local cluster until Ctrl-C or SIGTERM.
+pub async fn run(args: LocalArgs) -> Result<()> {
+    if args.replicas != 3 && args.replicas != 5 {
+        bail!("--replicas must be 3 or 5, got {}", args.replicas);
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let cluster_path = data_dir.join("cluster.json");
+    let previous: Option<ClusterFile> = std::fs::read(&cluster_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let addrs = addresses(&args, previous.as_ref())?;
+    let peers: Vec<String> = addrs.iter().map(|(id, api, raft)| format!("{id}={raft}/{api}")).collect();
+    let peers = peers.join(",");
+    let exe = std::env::current_exe().context("cannot find the jm binary")?;
+    let extra: Vec<String> = args.server_args.as_deref().unwrap_or("").split_whitespace().map(str::to_string).collect();
+
+    let mut children: Vec<(ProcessInfo, Child)> = Vec::new();
+    for (id, api, raft) in &addrs {
+        let dir = data_dir.join(format!("node-{id}"));
+        std::fs::create_dir_all(&dir)?;
+        let log_path = dir.join("server.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let child = Command::new(&exe)
+            .arg("server")
+            .args(["--id", &id.to_string(), "--peers", &peers])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(&extra)
+            .env_remove("JM_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start replica {id}"))?;
+        let pid = child.id().ok_or_else(|| anyhow!("replica {id} exited at once"))?;
+        let info = ProcessInfo {
+            role: "replica".into(),
+            node_id: *id,
+            pid,
+            grpc_addr: api.clone(),
+            raft_addr: raft.clone(),
+            data_dir: dir,
+            log: log_path,
+            alive: true,
+        };
+        children.push((info, child));
+    }
+    let mut file =
+        ClusterFile { data_dir: data_dir.clone(), processes: children.iter().map(|(p, _)| p.clone()).collect() };
+    write_cluster_file(&cluster_path, &file)?;
+
+    let client = ClusterClient::new(addrs.iter().map(|(_, api, _)| api.clone()).collect());
+    let leader = wait_for_leader(&client, Duration::from_secs(30)).await;
+    print_banner(&file, &exe, leader, args.base_port == 6123);
+
+    supervise(&mut children, &mut file, &cluster_path).await
+}
+
+async fn wait_for_leader(client: &ClusterClient, timeout: Duration) -> Option<(u64, u64)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(s) = client.call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await }).await {
+            if let Some(leader) = s.leader {
+                return Some((leader, s.term));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+fn print_banner(file: &ClusterFile, exe: &Path, leader: Option<(u64, u64)>, default_ports: bool) {
+    println!("jm local: {} replicas running, data in {}", file.processes.len(), file.data_dir.display());
+    for p in &file.processes {
+        println!(
+            "  replica {}  pid {:<7}  api {}  raft {}  log {}",
+            p.node_id,
+            p.pid,
+            p.grpc_addr,
+            p.raft_addr,
+            p.log.display()
+        );
+    }
+    match leader {
+        Some((id, term)) => println!("Leader: replica {id} (term {term})"),
+        None => println!("No leader elected yet: check the replicas' logs."),
+    }
+    let jm = exe.display();
+    let cluster = if default_ports { String::new() } else { format!(" --cluster {}", file.grpc_addrs()) };
+    println!("\nTry, in another terminal:");
+    println!("  {jm} cluster status{cluster}");
+    println!("  printf 'name: my-first-job\\n' > job.yaml && {jm} job submit job.yaml{cluster}");
+    println!("  {jm} job list{cluster}");
+    println!("Process list for scripts: {}", file.data_dir.join("cluster.json").display());
+    println!("Ctrl-C stops the cluster.");
+}
+
+async fn supervise(children: &mut [(ProcessInfo, Child)], file: &mut ClusterFile, path: &Path) -> Result<()> {
+    let shutdown = super::server::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let alive = children.iter().filter(|(p, _)| p.alive).count();
+        if alive == 0 {
+            bail!("every replica has exited; see the logs under {}", file.data_dir.display());
+        }
+        let exited = async {
+            loop {
+                for (i, (info, child)) in children.iter_mut().enumerate() {
+                    if info.alive {
+                        if let Ok(Some(status)) = child.try_wait() {
+                            return (i, status);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => break,
+            (i, status) = exited => {
+                let total = children.len();
+                let info = &mut children[i].0;
+                info.alive = false;
+                file.processes[i].alive = false;
+                let _ = write_cluster_file(path, file);
+                eprintln!(
+                    "jm local: replica {} (pid {}) exited ({status}); not restarting it. {} of {} replicas remain. Log: {}",
+                    info.node_id, info.pid, alive - 1, total, info.log.display()
+                );
+            }
+        }
+    }
+    println!("\njm local: stopping {} replicas", children.iter().filter(|(p, _)| p.alive).count());
+    stop_all(children).await;
+    println!("jm local: stopped");
+    Ok(())
+}
+
+async fn stop_all(children: &mut [(ProcessInfo, Child)]) {
+    for (info, _) in children.iter().filter(|(p, _)| p.alive) {
+        // SAFETY: kill(2) on a pid we started and have not reaped; no memory is touched.
+        unsafe { libc::kill(info.pid as libc::pid_t, libc::SIGTERM) };
+    }
+    for (info, child) in children.iter_mut() {
+        if !info.alive {
+            continue;
+        }
+        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+            eprintln!("jm local: replica {} did not stop within 10 s; killing it", info.node_id);
+            let _ = child.kill().await;
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The `jm` command line. Only this module (and `api`) knows clap.
+//!
+//! * `jm server`: one replica ([`server`]);
+//! * `jm local`: a 3-replica cluster as child processes ([`local`]);
+//! * `jm job ...` and `jm cluster status`: client commands against any replicas ([`job`], [`status`]);
+//! * `jm bench`: the benchmark ([`bench`]).
+//!
+//! Exit codes: 0 on success; 1 with one line `error: ...` on stderr when the command failed; 2 for
+//! usage errors (clap).
+
+pub mod bench;
+pub mod job;
+pub mod local;
+pub mod output;
+pub mod server;
+pub mod status;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::api::grpc::ClusterClient;
+
+/// Default client API addresses: those `jm local` uses.
+pub const DEFAULT_CLUSTER: &str = "127.0.0.1:6123,127.0.0.1:6124,127.0.0.1:6125";
+
+/// jm: a highly available job manager for stream-processing jobs.
+#[derive(Debug, Parser)]
+#[command(name = "jm", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one replica of the job manager.
+    Server(Box<server::ServerArgs>),
+    /// Start a 3-replica cluster on this machine as child processes; Ctrl-C stops it.
+    Local(local::LocalArgs),
+    /// Submit, list, inspect and cancel jobs.
+    #[command(subcommand)]
+    Job(job::JobCommand),
+    /// Inspect the cluster.
+    #[command(subcommand)]
+    Cluster(status::ClusterCommand),
+    /// Measure replicated write throughput and latency, failover time, memory and disk use.
+    Bench(bench::BenchArgs),
+}
+
+/// Options shared by the client commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Client API addresses of any replicas, comma-separated; the first reachable one is used.
+    #[arg(long, env = "JM_CLUSTER", default_value = DEFAULT_CLUSTER, value_delimiter = ',', global = true)]
+    pub cluster: Vec<String>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
+    pub output: output::Format,
+}
+
+impl ClientArgs {
+    /// A client of the given replicas.
+    pub fn client(&self) -> ClusterClient {
+        ClusterClient::new(self.cluster.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+    }
+}
+
+/// Parses the command line, runs the command, and turns its outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => server::run(*args).await,
+            Command::Local(args) => local::run(args).await,
+            Command::Job(cmd) => job::run(cmd).await,
+            Command::Cluster(cmd) => status::run(cmd).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    // One line: join a multi-line error chain.
+    eprintln!("error: {}", message.replace('\n', " "));
+    ExitCode::FAILURE
+}
+
+/// Sets up logging to stderr; `RUST_LOG` overrides the default level.
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}

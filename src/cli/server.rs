@@ -1,0 +1,227 @@
+//! `jm server`: one replica.
+//!
+//! Configuration comes from flags, each with an environment-variable fallback, over an optional TOML
+//! file (`--config`); a flag or variable beats the file, the file beats the default. The file uses the
+//! flags' names with underscores:
+//!
+//! ```toml
+//! id = 1
+//! data_dir = "/var/lib/jm"
+//! peers = "1=10.0.0.1:7123/10.0.0.1:6123,2=10.0.0.2:7123/10.0.0.2:6123,3=10.0.0.3:7123/10.0.0.3:6123"
+//! heartbeat_ms = 100
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+
+use crate::api::grpc::{self, GrpcTransport};
+use crate::cluster::{Compaction, NodeConfig, ReplicaNode, SystemClock, Timing};
+use crate::raft::{Node, NodeId, SledEngine};
+
+/// Flags of `jm server`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerArgs {
+    /// A TOML file with any of the settings below.
+    #[arg(long, env = "JM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This replica's id (a key of --peers).
+    #[arg(long, env = "JM_NODE_ID")]
+    pub id: Option<NodeId>,
+    /// The initial members: `ID=RAFT_ADDR/API_ADDR,...`, the same on every replica.
+    #[arg(long, env = "JM_PEERS")]
+    pub peers: Option<String>,
+    /// Where to keep the log and snapshots.
+    #[arg(long, env = "JM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Listen address of the peer (Raft) service; defaults to this replica's address in --peers.
+    #[arg(long, env = "JM_RAFT_LISTEN")]
+    pub raft_listen: Option<String>,
+    /// Listen address of the client API; defaults to this replica's address in --peers.
+    #[arg(long, env = "JM_API_LISTEN")]
+    pub api_listen: Option<String>,
+    /// Leader heartbeat interval.
+    #[arg(long, env = "JM_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Minimum election timeout.
+    #[arg(long, env = "JM_ELECTION_MIN_MS")]
+    pub election_min_ms: Option<u64>,
+    /// Maximum election timeout.
+    #[arg(long, env = "JM_ELECTION_MAX_MS")]
+    pub election_max_ms: Option<u64>,
+    /// Leader lease: a leader that has not heard from a quorum for this long stops acting as leader
+    /// (default: the minimum election timeout).
+    #[arg(long, env = "JM_LEADER_LEASE_MS")]
+    pub leader_lease_ms: Option<u64>,
+    /// How long a write may wait for a leader and a commit.
+    #[arg(long, env = "JM_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
+    /// Build a snapshot (and compact the log) every this many entries.
+    #[arg(long, env = "JM_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+    /// Entries kept in the log below the newest snapshot.
+    #[arg(long, env = "JM_KEEP_BELOW_SNAPSHOT")]
+    pub keep_below_snapshot: Option<u64>,
+}
+
+/// The TOML file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<NodeId>,
+    peers: Option<String>,
+    data_dir: Option<PathBuf>,
+    raft_listen: Option<String>,
+    api_listen: Option<String>,
+    heartbeat_ms: Option<u64>,
+    election_min_ms: Option<u64>,
+    election_max_ms: Option<u64>,
+    leader_lease_ms: Option<u64>,
+    write_timeout_ms: Option<u64>,
+    snapshot_every: Option<u64>,
+    keep_below_snapshot: Option<u64>,
+}
+
+/// Parses `ID=RAFT_ADDR/API_ADDR,...`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, Node>> {
+    let mut peers = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addrs) = part.split_once('=').ok_or_else(|| anyhow!("peer {part:?} is not ID=RAFT_ADDR/API_ADDR"))?;
+        let id: NodeId = id.trim().parse().map_err(|_| anyhow!("peer id {id:?} is not a number"))?;
+        let (raft, api) = addrs.split_once('/').ok_or_else(|| anyhow!("peer {part:?} is not ID=RAFT_ADDR/API_ADDR"))?;
+        let node = Node { raft_addr: raft.trim().to_string(), api_addr: api.trim().to_string() };
+        if node.raft_addr.is_empty() || node.api_addr.is_empty() {
+            bail!("peer {part:?} has an empty address");
+        }
+        if peers.insert(id, node).is_some() {
+            bail!("peer id {id} appears twice");
+        }
+    }
+    if peers.is_empty() {
+        bail!("no peers given: pass --peers ID=RAFT_ADDR/API_ADDR,... (or JM_PEERS)");
+    }
+    Ok(peers)
+}
+
+fn read_file_config(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// The resolved configuration and the listen addresses.
+pub struct Resolved {
+    /// The node configuration.
+    pub node: NodeConfig,
+    /// Where the peer service listens.
+    pub raft_listen: String,
+    /// Where the client API listens.
+    pub api_listen: String,
+}
+
+/// Merges flags, environment and file into a configuration.
+pub fn resolve(args: ServerArgs) -> Result<Resolved> {
+    let file = match &args.config {
+        Some(path) => read_file_config(path)?,
+        None => FileConfig::default(),
+    };
+    let id = args.id.or(file.id).ok_or_else(|| anyhow!("no node id: pass --id (or JM_NODE_ID)"))?;
+    let peers = parse_peers(
+        &args.peers.or(file.peers).ok_or_else(|| anyhow!("no peers: pass --peers ID=RAFT_ADDR/API_ADDR,..."))?,
+    )?;
+    let data_dir = args.data_dir.or(file.data_dir).ok_or_else(|| anyhow!("no data dir: pass --data-dir"))?;
+    let own = peers.get(&id).cloned().ok_or_else(|| anyhow!("node id {id} is not in the peer list"))?;
+    let ms = Duration::from_millis;
+    let d = Timing::default();
+    let election_min = args.election_min_ms.or(file.election_min_ms).map_or(d.election_min, ms);
+    let timing = Timing {
+        heartbeat: args.heartbeat_ms.or(file.heartbeat_ms).map_or(d.heartbeat, ms),
+        election_min,
+        election_max: args.election_max_ms.or(file.election_max_ms).map_or(d.election_max, ms),
+        write_timeout: args.write_timeout_ms.or(file.write_timeout_ms).map_or(d.write_timeout, ms),
+        leader_lease: args.leader_lease_ms.or(file.leader_lease_ms).map_or(election_min, ms),
+    };
+    let c = Compaction::default();
+    let compaction = Compaction {
+        snapshot_every: args.snapshot_every.or(file.snapshot_every).unwrap_or(c.snapshot_every),
+        keep_below_snapshot: args.keep_below_snapshot.or(file.keep_below_snapshot).unwrap_or(c.keep_below_snapshot),
+        snapshot_chunk_bytes: c.snapshot_chunk_bytes,
+    };
+    let node = NodeConfig { id, data_dir, peers, timing, compaction };
+    node.validate().map_err(|e| anyhow!(e))?;
+    Ok(Resolved {
+        node,
+        raft_listen: args.raft_listen.or(file.raft_listen).unwrap_or(own.raft_addr),
+        api_listen: args.api_listen.or(file.api_listen).unwrap_or(own.api_addr),
+    })
+}
+
+/// Runs a replica until SIGTERM or Ctrl-C.
+pub async fn run(args: ServerArgs) -> Result<()> {
+    super::init_logging("info,openraft=warn");
+    let resolved = resolve(args)?;
+    let config = resolved.node;
+    tracing::info!(id = config.id, data_dir = %config.data_dir.display(), raft = %resolved.raft_listen,
+        api = %resolved.api_listen, "starting replica");
+    let raft_listener = grpc::bind(&resolved.raft_listen).await.map_err(|e| anyhow!(e))?;
+    let api_listener = grpc::bind(&resolved.api_listen).await.map_err(|e| anyhow!(e))?;
+    let engine = SledEngine::open(&config.data_dir.join("raft"))?;
+    let node = ReplicaNode::start(config, Arc::new(engine), Arc::new(GrpcTransport::new()), Arc::new(SystemClock))
+        .await
+        .context("replica failed to start")?;
+    grpc::serve(node.clone(), raft_listener, api_listener, shutdown_signal()).await.context("gRPC server failed")?;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_bad_ones_say_why() {
+        let p = parse_peers("1=a:1/a:2, 2=b:1/b:2").unwrap();
+        assert_eq!(p[&2], Node { raft_addr: "b:1".into(), api_addr: "b:2".into() });
+        assert!(parse_peers("1=a:1").unwrap_err().to_string().contains("ID=RAFT_ADDR/API_ADDR"));
+        assert!(parse_peers("x=a/b").unwrap_err().to_string().contains("not a number"));
+        assert!(parse_peers("1=a/b,1=c/d").unwrap_err().to_string().contains("twice"));
+        assert!(parse_peers("").is_err());
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jm.toml");
+        std::fs::write(&path, "id = 2\npeers = \"1=a:1/a:2,2=b:1/b:2\"\ndata_dir = \"/tmp/x\"\nheartbeat_ms = 50\nelection_min_ms = 400\n").unwrap();
+        let args = ServerArgs { config: Some(path.clone()), election_min_ms: Some(500), ..Default::default() };
+        let r = resolve(args).unwrap();
+        assert_eq!(r.node.id, 2);
+        assert_eq!(r.node.timing.heartbeat, Duration::from_millis(50));
+        assert_eq!(r.node.timing.election_min, Duration::from_millis(500));
+        assert_eq!(r.node.timing.leader_lease, Duration::from_millis(500));
+        assert_eq!(r.api_listen, "b:2");
+        std::fs::write(&path, "idd = 2\n").unwrap();
+        let err = resolve(ServerArgs { config: Some(path), ..Default::default() }).err().unwrap();
+        assert!(format!("{err:#}").contains("unknown field"));
+    }
+}

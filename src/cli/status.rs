@@ -1,0 +1,79 @@
+//! `jm cluster status`.
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::output::{print_json, table, Format};
+use super::ClientArgs;
+use crate::api::grpc::pb;
+
+/// Cluster commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Members, leader, term, and each replica's log, commit and applied index.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Runs a cluster command.
+pub async fn run(cmd: ClusterCommand) -> Result<()> {
+    let ClusterCommand::Status { client } = cmd;
+    let reply =
+        client.client().call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await }).await?;
+    match client.output {
+        Format::Json => print_json(&json!({
+            "served_by": reply.served_by, "leader": reply.leader, "term": reply.term,
+            "replicas": reply.replicas.iter().map(|r| json!({
+                "node_id": r.node_id, "raft_addr": r.raft_addr, "api_addr": r.api_addr, "reachable": r.reachable,
+                "error": if r.error.is_empty() { None } else { Some(&r.error) },
+                "state": r.state, "term": r.term, "leader": r.leader, "last_log_index": r.last_log_index,
+                "committed_index": r.committed_index, "applied_index": r.applied_index,
+                "snapshot_index": r.snapshot_index, "purged_index": r.purged_index,
+                "leader_services_active": r.leader_services_active, "data_dir_bytes": r.data_dir_bytes,
+                "ms_since_leader_contact": r.ms_since_leader_contact,
+            })).collect::<Vec<_>>(),
+        })),
+        Format::Table => {
+            let leader = reply.leader.map_or("none".to_string(), |l| l.to_string());
+            println!("Leader: {leader}   Term: {}   (answered by replica {})", reply.term, reply.served_by);
+            let rows: Vec<Vec<String>> = reply
+                .replicas
+                .iter()
+                .map(|r| {
+                    if !r.reachable {
+                        return vec![
+                            r.node_id.to_string(),
+                            r.api_addr.clone(),
+                            "UNREACHABLE".into(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            r.error.clone(),
+                        ];
+                    }
+                    vec![
+                        r.node_id.to_string(),
+                        r.api_addr.clone(),
+                        r.state.clone(),
+                        r.term.to_string(),
+                        r.last_log_index.to_string(),
+                        r.committed_index.to_string(),
+                        r.applied_index.to_string(),
+                        r.ms_since_leader_contact.map_or("-".into(), |ms| format!("{ms} ms")),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                table(
+                    &["ID", "API ADDRESS", "STATE", "TERM", "LAST LOG", "COMMITTED", "APPLIED", "LEADER CONTACT"],
+                    &rows
+                )
+            );
+        }
+    }
+    Ok(())
+}

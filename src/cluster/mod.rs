@@ -1,0 +1,29 @@
+//! The cluster layer: a replica ([`ReplicaNode`]) around the Raft core, with the parts every replica
+//! runs and the client APIs build on.
+//!
+//! * [`node`]: starting a replica from injected storage, transport and clock; bootstrapping a fresh
+//!   cluster exactly once; its status;
+//! * [`forward`]: the write path (proposed through the leader, forwarded from followers in exactly one
+//!   place, retried across leader changes where that is safe) and the read barrier (read-index);
+//! * [`peer`]: serving the replica-to-replica calls;
+//! * [`leadership`]: deciding when this replica acts as leader and starting/stopping the leader-only
+//!   services;
+//! * [`config`] and [`clock`]: what a replica is given.
+//!
+//! Nothing here knows gRPC: the API layer carries bytes between [`ReplicaNode`]s through a
+//! [`PeerTransport`](crate::raft::PeerTransport) and serves clients by calling into this layer.
+
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod leadership;
+pub mod node;
+pub mod peer;
+
+pub use clock::{Clock, SystemClock};
+pub use config::{Compaction, NodeConfig, Timing};
+pub use error::ClusterError;
+pub use forward::{retry_is_safe, Consistency, ReadInfo, Written};
+pub use leadership::LeaderSupervisor;
+pub use node::{ReplicaNode, ReplicaStatus, StartError};

@@ -1,0 +1,50 @@
+//! Serving the replica-to-replica calls that arrive at this replica, whatever transport carried them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::error::ClusterError;
+use super::forward::ForwardRequest;
+use super::node::{ReplicaNode, ReplicaStatus};
+use crate::raft::command::{decode, encode};
+use crate::raft::network::{call_peer, serve_raft_call, PeerCallError};
+use crate::raft::{NodeId, PeerCall};
+
+impl ReplicaNode {
+    /// Serves one incoming peer call: decodes the payload, acts, and encodes the reply.
+    pub async fn serve_peer_call(&self, call: PeerCall, payload: &[u8]) -> Result<Vec<u8>, PeerCallError> {
+        if call == PeerCall::AppendEntries {
+            self.note_leader_contact();
+        }
+        if let Some(reply) = serve_raft_call(&self.raft, call, payload).await {
+            return reply;
+        }
+        let bad = |reason: String| PeerCallError::BadRequest { call, reason };
+        match call {
+            PeerCall::Forward => {
+                let request: ForwardRequest = decode(payload).map_err(bad)?;
+                Ok(encode(&self.serve_forwarded(request).await))
+            }
+            PeerCall::ReadIndex => Ok(encode(&self.serve_read_index().await)),
+            PeerCall::NodeStatus => Ok(encode(&self.local_status())),
+            PeerCall::AppendEntries | PeerCall::Vote | PeerCall::InstallSnapshot => {
+                unreachable!("raft calls are served by serve_raft_call")
+            }
+        }
+    }
+
+    /// Every member's own status, asked in parallel; a replica that does not answer within a short
+    /// timeout is reported with the error.
+    pub async fn cluster_status(&self) -> BTreeMap<NodeId, Result<ReplicaStatus, ClusterError>> {
+        let timeout = Duration::from_millis(500);
+        let asks = self.members().into_iter().map(|(id, node)| async move {
+            if id == self.id {
+                return (id, Ok(self.local_status()));
+            }
+            let reply: Result<ReplicaStatus, _> =
+                call_peer(&*self.transport, id, &node, PeerCall::NodeStatus, &(), timeout).await;
+            (id, reply.map_err(|e| ClusterError::Timeout { detail: e.to_string() }))
+        });
+        futures::future::join_all(asks).await.into_iter().collect()
+    }
+}

@@ -1,0 +1,45 @@
+//! The replicated core: one Raft log, shared by three or five replicas, holding everything a new leader
+//! needs to take over.
+//!
+//! The layers, bottom up:
+//!
+//! * [`storage`]: a small ordered key-value trait ([`Engine`]) with a sled engine for real replicas and a
+//!   memory engine for tests and simulations;
+//! * [`log_store`]: the Raft log on an engine, with group-committed flushes ([`Flusher`]);
+//! * [`command`]: the replicated [`Command`]s, an append-only on-disk format, and their results;
+//! * [`state`]: [`ClusterState`] and its pure, deterministic `apply`: no clock, no randomness, no I/O;
+//!   time and ids travel in the commands, so every replica computes the same state from the same log;
+//! * [`state_machine`]: the adapter that lets openraft drive `apply`, build and install snapshots;
+//! * [`network`]: openraft's network over an injected [`PeerTransport`];
+//! * [`types`]: the openraft type configuration, declared once.
+//!
+//! Errors are split by determinism, as in toyDB: a [`DeterministicError`] is the outcome of applying a
+//! command (every replica reaches it, the command is still in the log, nothing changed); a
+//! [`StoreError`] is local and non-deterministic, and a replica that meets one stops rather than
+//! diverge.
+
+pub mod command;
+pub mod log_store;
+pub mod network;
+pub mod state;
+pub mod state_machine;
+pub mod storage;
+pub mod types;
+
+use std::sync::Arc;
+
+pub use command::{Command, DeterministicError, JobId, JobStatus, LogIndex, Response};
+pub use log_store::{Flusher, LogStore};
+pub use network::{Network, PeerCall, PeerTransport, TransportError};
+pub use state::ClusterState;
+pub use state_machine::{SmData, StateHandle, StateMachineStore};
+pub use storage::{Engine, MemoryEngine, SledEngine, StoreError};
+pub use types::{ApplyResult, LogId, Node, NodeId, Raft, RaftMetrics, TypeConfig};
+
+/// Opens the log store and the state machine of one replica on `engine`, sharing one flusher.
+pub fn open_stores(engine: Arc<dyn Engine>) -> Result<(LogStore, StateMachineStore), StoreError> {
+    log_store::check_format(&*engine)?;
+    let flusher = Flusher::start(engine.clone());
+    let state_machine = StateMachineStore::open(engine.clone(), flusher.clone())?;
+    Ok((LogStore::new(engine, flusher), state_machine))
+}

@@ -1,0 +1,39 @@
+//! openraft's storage conformance suite against the job manager's log store and state machine, on both
+//! engines. It checks the contract openraft relies on: log state after append, truncate and purge;
+//! vote persistence; applied state and membership; snapshot transfer between two stores.
+
+use std::sync::Arc;
+
+use jobmanager::raft::{open_stores, LogStore, MemoryEngine, SledEngine, StateMachineStore, TypeConfig};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::StorageError;
+
+struct MemoryBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, ()> for MemoryBuilder {
+    async fn build(&self) -> Result<((), LogStore, StateMachineStore), StorageError<u64>> {
+        let (log, sm) = open_stores(Arc::new(MemoryEngine::default())).expect("open memory stores");
+        Ok(((), log, sm))
+    }
+}
+
+struct SledBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<u64>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = SledEngine::open(dir.path()).expect("open sled");
+        let (log, sm) = open_stores(Arc::new(engine)).expect("open sled stores");
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn memory_engine_passes_openraft_storage_suite() {
+    Suite::test_all(MemoryBuilder).expect("suite");
+}
+
+#[test]
+fn sled_engine_passes_openraft_storage_suite() {
+    Suite::test_all(SledBuilder).expect("suite");
+}
