@@ -152,7 +152,7 @@ impl Dispatcher {
         let read = self.node.read_barrier(consistency).await?;
         let mut jobs: Vec<(u64, T)> =
             self.node.state().read(|s| s.cluster.jobs.values().map(|j| (j.submitted_index, f(j))).collect());
-        jobs.sort_by(|a, b| b.0.cmp(&a.0));
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.0));
         Ok((jobs.into_iter().map(|(_, t)| t).collect(), read))
     }
 

@@ -533,7 +533,7 @@ pub enum DeterministicError {
         status: JobStatus,
     },
     /// The command comes from a JobMaster that has been replaced.
-    #[error("job {job_id} is at epoch {current}; command carries stale epoch {given} (a newer JobMaster took over, this one must stop)")]
+    #[error("job {job_id} is at epoch {current}; command carries stale epoch {given} (a newer JobMaster took over)")]
     StaleEpoch {
         /// The job.
         job_id: JobId,
@@ -543,7 +543,7 @@ pub enum DeterministicError {
         current: Epoch,
     },
     /// The command carries an epoch that was never granted.
-    #[error("job {job_id} is at epoch {current}; command carries epoch {given}, which was never granted (grant an epoch first)")]
+    #[error("job {job_id} is at epoch {current}; command carries epoch {given}, which was never granted")]
     FutureEpoch {
         /// The job.
         job_id: JobId,
@@ -593,7 +593,7 @@ pub enum DeterministicError {
         job_id: JobId,
     },
     /// The checkpoint id was never allocated for this job.
-    #[error("checkpoint {checkpoint_id} of job {job_id} was never allocated (highest allocated: {last_allocated}); allocate ids first")]
+    #[error("checkpoint {checkpoint_id} of job {job_id} was never allocated (highest allocated: {last_allocated})")]
     CheckpointNotAllocated {
         /// The job.
         job_id: JobId,
@@ -603,7 +603,7 @@ pub enum DeterministicError {
         last_allocated: CheckpointId,
     },
     /// A newer checkpoint already completed, so this one is superseded.
-    #[error("checkpoint {checkpoint_id} of job {job_id} is not newer than the latest completed checkpoint {latest_completed}; discard it")]
+    #[error("checkpoint {checkpoint_id} of job {job_id} is not newer than completed checkpoint {latest_completed}")]
     CheckpointOutOfOrder {
         /// The job.
         job_id: JobId,
@@ -959,7 +959,7 @@ mod tests {
         let err = DeterministicError::StaleEpoch { job_id: "1f".to_string(), given: 3, current: 4 };
         assert_eq!(
             err.to_string(),
-            "job 1f is at epoch 4; command carries stale epoch 3 (a newer JobMaster took over, this one must stop)"
+            "job 1f is at epoch 4; command carries stale epoch 3 (a newer JobMaster took over)"
         );
         let err = DeterministicError::SlotOutOfRange { slot: slot(9), slots: 4 };
         assert_eq!(err.to_string(), "slot tm-1#9 does not exist: its task manager offers 4 slots, numbered from 0");

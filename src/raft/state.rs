@@ -195,6 +195,8 @@ impl ClusterState {
             Command::RegisterTaskManager { tm_id, address, slots, zone, at_ms } => {
                 self.apply_register_task_manager(tm_id, address, slots, zone, at_ms)
             }
+            // The state forgets a removed TaskManager and a released lease entirely; their time and reason live on in
+            // the log only.
             Command::UnregisterTaskManager { tm_id, at_ms: _, reason: _ } => self.apply_unregister_task_manager(tm_id),
             Command::LeaseSlots { job_id, epoch, slots, at_ms } => self.apply_lease_slots(job_id, epoch, slots, at_ms),
             Command::ReleaseSlots { job_id, epoch, slots, at_ms: _ } => self.apply_release_slots(job_id, epoch, slots),
@@ -1482,6 +1484,10 @@ mod properties {
         })
     }
 
+    fn job_id_pair() -> impl Strategy<Value = (JobId, JobId)> {
+        (job_id(), job_id())
+    }
+
     fn tm_id() -> impl Strategy<Value = TaskManagerId> {
         select(&TMS[..]).prop_map(String::from)
     }
@@ -1599,7 +1605,7 @@ mod properties {
         // A few submissions and registrations up front, so that most commands find a job and slots to act on.
         let setup = (prop::collection::vec(submit_command(), 2..6), prop::collection::vec(register_command(), 0..3));
         let aimed = prop::bool::weighted(0.8);
-        let body = prop::collection::vec((command(), aimed.clone(), aimed), 1..60);
+        let body = prop::collection::vec((command(), aimed, aimed), 1..60);
         (setup, body).prop_map(|((submits, registers), body)| {
             let setup = submits.into_iter().chain(registers).map(|cmd| (cmd, false, false));
             aim_commands(setup.chain(body).collect())
@@ -1785,7 +1791,7 @@ mod properties {
         }
 
         #[test]
-        fn resubmitting_a_key_yields_one_job(prefix in commands(), key in select(&KEYS[..]), ids in (job_id(), job_id())) {
+        fn resubmitting_a_key_yields_one_job(prefix in commands(), key in select(&KEYS[..]), ids in job_id_pair()) {
             let (mut state, _) = replay(&prefix, |_, _, _, _| {});
             let next = state.last_index + 1;
             let resubmit = |job_id: JobId| Command::SubmitJob {

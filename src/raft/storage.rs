@@ -46,6 +46,9 @@ pub enum StoreError {
     },
 }
 
+/// A key and its value.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
 /// One change in a write batch: `Some(value)` sets the key, `None` removes it.
 pub type Change = (Vec<u8>, Option<Vec<u8>>);
 
@@ -56,11 +59,11 @@ pub trait Engine: Send + Sync + 'static {
     /// Applies the changes atomically.
     fn write(&self, batch: Vec<Change>) -> Result<(), StoreError>;
     /// Returns the pairs whose key is in the range, in key order.
-    fn scan(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Vec<Pair>, StoreError>;
     /// Returns the keys in the range, in key order (values are not copied).
     fn scan_keys(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Vec<Vec<u8>>, StoreError>;
     /// Returns the last pair whose key is in the range.
-    fn last_in(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn last_in(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Option<Pair>, StoreError>;
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
     /// Bytes the engine occupies on disk (0 for memory).
@@ -108,7 +111,7 @@ impl Engine for SledEngine {
         self.db.apply_batch(b).map_err(io)
     }
 
-    fn scan(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Vec<Pair>, StoreError> {
         self.db.range::<Vec<u8>, _>((from, to)).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io)).collect()
     }
 
@@ -116,7 +119,7 @@ impl Engine for SledEngine {
         self.db.range::<Vec<u8>, _>((from, to)).map(|r| r.map(|(k, _)| k.to_vec()).map_err(io)).collect()
     }
 
-    fn last_in(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last_in(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Option<Pair>, StoreError> {
         match self.db.range::<Vec<u8>, _>((from, to)).next_back() {
             None => Ok(None),
             Some(r) => r.map(|(k, v)| Some((k.to_vec(), v.to_vec()))).map_err(io),
@@ -162,7 +165,7 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
-    fn scan(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Vec<Pair>, StoreError> {
         Ok(self.map().range((from, to)).map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
@@ -170,7 +173,7 @@ impl Engine for MemoryEngine {
         Ok(self.map().range((from, to)).map(|(k, _)| k.clone()).collect())
     }
 
-    fn last_in(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last_in(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Option<Pair>, StoreError> {
         Ok(self.map().range((from, to)).next_back().map(|(k, v)| (k.clone(), v.clone())))
     }
 

@@ -1,0 +1,209 @@
+//! A harness that runs real `jm server` processes on 127.0.0.1 ports chosen at runtime, in a temporary
+//! directory, and kills them (SIGKILL) on drop.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use jobmanager::api::grpc::pb;
+use jobmanager::api::grpc::pb::job_manager_client::JobManagerClient;
+use jobmanager::api::grpc::ClusterClient;
+use tonic::transport::Channel;
+
+/// The `jm` binary under test.
+pub fn jm() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_jm"))
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One replica process.
+pub struct Replica {
+    pub id: u64,
+    pub api_addr: String,
+    pub raft_addr: String,
+    pub data_dir: PathBuf,
+    pub child: Option<Child>,
+}
+
+/// A cluster of real replicas.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub replicas: Vec<Replica>,
+    peers: String,
+    extra: Vec<String>,
+}
+
+impl TestCluster {
+    /// Starts `n` replicas with extra `jm server` flags.
+    pub fn start(n: u64, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let replicas: Vec<Replica> = (1..=n)
+            .map(|id| Replica {
+                id,
+                api_addr: format!("127.0.0.1:{}", free_port()),
+                raft_addr: format!("127.0.0.1:{}", free_port()),
+                data_dir: dir.path().join(format!("node-{id}")),
+                child: None,
+            })
+            .collect();
+        let peers = replicas.iter().map(|r| format!("{}={}/{}", r.id, r.raft_addr, r.api_addr)).collect::<Vec<_>>();
+        let mut cluster =
+            TestCluster { dir, replicas, peers: peers.join(","), extra: extra.iter().map(|s| s.to_string()).collect() };
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    fn replica(&mut self, id: u64) -> &mut Replica {
+        self.replicas.iter_mut().find(|r| r.id == id).unwrap()
+    }
+
+    /// Starts (or restarts, on its existing data dir) replica `id`.
+    pub fn spawn(&mut self, id: u64) {
+        let peers = self.peers.clone();
+        let extra = self.extra.clone();
+        let r = self.replica(id);
+        assert!(r.child.is_none(), "replica {id} is already running");
+        std::fs::create_dir_all(&r.data_dir).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(r.data_dir.join("server.log")).unwrap();
+        let child = Command::new(jm())
+            .args(["server", "--id", &id.to_string(), "--peers", &peers])
+            .arg("--data-dir")
+            .arg(&r.data_dir)
+            .args(&extra)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        r.child = Some(child);
+    }
+
+    /// SIGKILLs replica `id` and reaps it.
+    pub fn kill(&mut self, id: u64) {
+        let r = self.replica(id);
+        if let Some(mut child) = r.child.take() {
+            child.kill().unwrap(); // SIGKILL on Unix
+            child.wait().unwrap();
+        }
+    }
+
+    /// Ids of the running replicas.
+    pub fn live(&self) -> Vec<u64> {
+        self.replicas.iter().filter(|r| r.child.is_some()).map(|r| r.id).collect()
+    }
+
+    /// The client API address of replica `id`.
+    pub fn addr(&self, id: u64) -> String {
+        self.replicas.iter().find(|r| r.id == id).unwrap().api_addr.clone()
+    }
+
+    /// A client of every replica.
+    pub fn client(&self) -> ClusterClient {
+        ClusterClient::new(self.replicas.iter().map(|r| r.api_addr.clone()).collect())
+    }
+
+    /// A client connected to replica `id` only.
+    pub async fn connect(&self, id: u64) -> JobManagerClient<Channel> {
+        ClusterClient::new(vec![self.addr(id)]).connect_to(&self.addr(id)).await.unwrap()
+    }
+
+    /// The cluster status as replica `id` sees it.
+    pub async fn status(&self, id: u64) -> Option<pb::ClusterStatusReply> {
+        let client = ClusterClient::new(vec![self.addr(id)]).with_request_timeout(Duration::from_secs(3));
+        client.call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await }).await.ok()
+    }
+
+    /// Waits until every live replica agrees on one live leader whose leader services run; returns it.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.agreed_leader().await {
+                return leader;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no agreed leader within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn agreed_leader(&self) -> Option<u64> {
+        let live = self.live();
+        let mut leader = None;
+        for id in &live {
+            let s = self.status(*id).await?;
+            let l = s.leader?;
+            if leader.is_some_and(|prev| prev != l) || !live.contains(&l) {
+                return None;
+            }
+            leader = Some(l);
+        }
+        let s = self.status(leader?).await?;
+        let me = s.replicas.iter().find(|r| Some(r.node_id) == leader)?;
+        me.leader_services_active.then_some(leader?)
+    }
+
+    /// A live replica that is not the leader.
+    pub fn follower_of(&self, leader: u64) -> u64 {
+        *self.live().iter().find(|id| **id != leader).unwrap()
+    }
+
+    /// Waits until replica `id` has applied at least `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status(id).await {
+                if s.replicas.iter().any(|r| r.node_id == id && r.applied_index >= index) {
+                    return;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "replica {id} did not apply {index} within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The job ids replica `id` holds, read from its own state (stale read).
+    pub async fn jobs_on(&self, id: u64) -> Vec<String> {
+        let mut c = self.connect(id).await;
+        let reply = c
+            .list_jobs(pb::ListJobsRequest { consistency: pb::ReadConsistency::Stale as i32 })
+            .await
+            .unwrap()
+            .into_inner();
+        reply.jobs.into_iter().map(|j| j.job_id).collect()
+    }
+
+    /// The server log of replica `id`.
+    pub fn log(&self, id: u64) -> String {
+        let r = self.replicas.iter().find(|r| r.id == id).unwrap();
+        std::fs::read_to_string(r.data_dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for r in &mut self.replicas {
+            if let Some(mut child) = r.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Submits a job named `name` with idempotency key `key` through `client`.
+pub async fn submit(
+    client: &mut JobManagerClient<Channel>,
+    name: &str,
+    key: &str,
+) -> Result<pb::SubmitJobReply, tonic::Status> {
+    let spec = format!("name: {name}\n").into_bytes();
+    client.submit_job(pb::SubmitJobRequest { spec, idempotency_key: key.into() }).await.map(|r| r.into_inner())
+}
