@@ -72,7 +72,56 @@ impl ClusterFile {
     }
 }
 
-fn free_port() -> Result<u16> {
+/// What a replica child process is started with.
+pub struct ReplicaSpec<'a> {
+    /// Its node id.
+    pub id: u64,
+    /// Its client API address.
+    pub api_addr: &'a str,
+    /// Its peer (Raft) address.
+    pub raft_addr: &'a str,
+    /// The `--peers` value shared by all replicas.
+    pub peers: &'a str,
+    /// Extra `jm server` flags.
+    pub extra: &'a [String],
+}
+
+/// Starts `exe server` as a child process with its data and `server.log` in `dir`. The child is killed
+/// if the handle is dropped.
+pub fn spawn_replica(exe: &Path, dir: &Path, spec: &ReplicaSpec<'_>) -> Result<(ProcessInfo, Child)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let log_path = dir.join("server.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let id = spec.id;
+    let child = Command::new(exe)
+        .arg("server")
+        .args(["--id", &id.to_string(), "--peers", spec.peers])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(spec.extra)
+        .env_remove("JM_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start replica {id}"))?;
+    let pid = child.id().ok_or_else(|| anyhow!("replica {id} exited at once"))?;
+    let info = ProcessInfo {
+        role: "replica".into(),
+        node_id: id,
+        pid,
+        grpc_addr: spec.api_addr.to_string(),
+        raft_addr: spec.raft_addr.to_string(),
+        data_dir: dir.to_path_buf(),
+        log: log_path,
+        alive: true,
+    };
+    Ok((info, child))
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     Ok(l.local_addr()?.port())
 }
@@ -127,35 +176,8 @@ pub async fn run(args: LocalArgs) -> Result<()> {
 
     let mut children: Vec<(ProcessInfo, Child)> = Vec::new();
     for (id, api, raft) in &addrs {
-        let dir = data_dir.join(format!("node-{id}"));
-        std::fs::create_dir_all(&dir)?;
-        let log_path = dir.join("server.log");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let child = Command::new(&exe)
-            .arg("server")
-            .args(["--id", &id.to_string(), "--peers", &peers])
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(&extra)
-            .env_remove("JM_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start replica {id}"))?;
-        let pid = child.id().ok_or_else(|| anyhow!("replica {id} exited at once"))?;
-        let info = ProcessInfo {
-            role: "replica".into(),
-            node_id: *id,
-            pid,
-            grpc_addr: api.clone(),
-            raft_addr: raft.clone(),
-            data_dir: dir,
-            log: log_path,
-            alive: true,
-        };
-        children.push((info, child));
+        let spec = ReplicaSpec { id: *id, api_addr: api, raft_addr: raft, peers: &peers, extra: &extra };
+        children.push(spawn_replica(&exe, &data_dir.join(format!("node-{id}")), &spec)?);
     }
     let mut file =
         ClusterFile { data_dir: data_dir.clone(), processes: children.iter().map(|(p, _)| p.clone()).collect() };
@@ -168,7 +190,8 @@ pub async fn run(args: LocalArgs) -> Result<()> {
     supervise(&mut children, &mut file, &cluster_path).await
 }
 
-async fn wait_for_leader(client: &ClusterClient, timeout: Duration) -> Option<(u64, u64)> {
+/// Waits until some replica reports a leader; returns (leader, term).
+pub async fn wait_for_leader(client: &ClusterClient, timeout: Duration) -> Option<(u64, u64)> {
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
         if let Ok(s) = client.call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await }).await {
