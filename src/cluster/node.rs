@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::clock::Clock;
 use super::config::NodeConfig;
+use super::error::ClusterError;
 use super::leadership::{watch_leadership, LeaderSupervisor};
 use crate::raft::{
     open_stores, Engine, Network, Node, NodeId, PeerTransport, Raft, RaftMetrics, StateHandle, StoreError,
@@ -213,9 +214,27 @@ impl ReplicaNode {
         }
     }
 
-    /// Asks Raft to build a snapshot now (and so compact the log).
-    pub async fn trigger_snapshot(&self) -> Result<(), String> {
-        self.raft.trigger().snapshot().await.map_err(|e| e.to_string())
+    /// Builds a snapshot now covering everything applied, waits for it, and returns
+    /// `(snapshot index, purged index)`. Raft purges the log below the snapshot (keeping the configured
+    /// tail) right after.
+    pub async fn compact(&self, timeout: std::time::Duration) -> Result<(u64, u64), ClusterError> {
+        let target = self.metrics().last_applied.map_or(0, |l| l.index);
+        self.raft.trigger().snapshot().await.map_err(|e| ClusterError::Fatal { detail: e.to_string() })?;
+        let keep = self.config.compaction.keep_below_snapshot;
+        let m = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| {
+                    let snap = m.snapshot.map_or(0, |l| l.index);
+                    let purged = m.purged.map_or(0, |l| l.index);
+                    snap >= target && (snap <= keep || purged + keep >= snap)
+                },
+                "snapshot and purge",
+            )
+            .await
+            .map_err(|e| ClusterError::Timeout { detail: format!("compaction did not finish: {e}") })?;
+        Ok((m.snapshot.map_or(0, |l| l.index), m.purged.map_or(0, |l| l.index)))
     }
 
     /// Stops Raft: no more votes, appends or applies. Idempotent.

@@ -99,4 +99,10 @@ impl JobManager for JobManagerService {
             replicas,
         }))
     }
+
+    async fn compact(&self, _request: Request<pb::CompactRequest>) -> Result<Response<pb::CompactReply>, Status> {
+        let node = self.dispatcher.node();
+        let (snapshot_index, purged_index) = node.compact(std::time::Duration::from_secs(60)).await?;
+        Ok(Response::new(pb::CompactReply { served_by: node.id, snapshot_index, purged_index }))
+    }
 }
