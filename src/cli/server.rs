@@ -172,7 +172,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let node = ReplicaNode::start(config, Arc::new(engine), Arc::new(GrpcTransport::new()), Arc::new(SystemClock))
         .await
         .context("replica failed to start")?;
-    grpc::serve(node.clone(), raft_listener, api_listener, shutdown_signal()).await.context("gRPC server failed")?;
+    grpc::serve(node.clone(), grpc::incoming(raft_listener), grpc::incoming(api_listener), shutdown_signal())
+        .await
+        .context("gRPC server failed")?;
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())

@@ -19,8 +19,11 @@ pub mod status;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::Stream;
+use tonic::transport::server::Connected;
 
 pub use client::{ClientError, ClusterClient};
 pub use peer::GrpcTransport;
@@ -45,13 +48,21 @@ pub const MAX_CLIENT_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
 /// The largest peer message accepted (a batch of log entries or a snapshot chunk).
 pub const MAX_PEER_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
-/// Serves the peer service on `raft` and the client API on `api` until `shutdown` resolves.
-pub async fn serve(
+/// Serves the peer service on the `raft` connections and the client API on the `api` connections until
+/// `shutdown` resolves. The connection streams are injected: [`incoming`] turns a TCP listener into
+/// one, and a simulation can pass its own.
+pub async fn serve<R, A, IO, E>(
     node: Arc<ReplicaNode>,
-    raft: TcpListener,
-    api: TcpListener,
+    raft: R,
+    api: A,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), tonic::transport::Error>
+where
+    R: Stream<Item = Result<IO, E>>,
+    A: Stream<Item = Result<IO, E>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -63,17 +74,18 @@ pub async fn serve(
     let peer_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(peer::server(node.clone()))
-        .serve_with_incoming_shutdown(incoming(raft), stopped(rx.clone()));
+        .serve_with_incoming_shutdown(raft, stopped(rx.clone()));
     let api_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .concurrency_limit_per_connection(256)
         .add_service(service::server(Dispatcher::new(node)))
-        .serve_with_incoming_shutdown(incoming(api), stopped(rx));
+        .serve_with_incoming_shutdown(api, stopped(rx));
     tokio::try_join!(peer_server, api_server)?;
     Ok(())
 }
 
-fn incoming(listener: TcpListener) -> TcpListenerStream {
+/// The connections accepted by a TCP listener.
+pub fn incoming(listener: TcpListener) -> TcpListenerStream {
     TcpListenerStream::new(listener)
 }
 

@@ -1,0 +1,173 @@
+//! The `jm` command line as a person uses it: real binaries, exit codes, one-line errors, tables and
+//! JSON; `jm local`; a replica refusing a corrupted data dir.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{jm, TestCluster};
+
+fn run(args: &[&str], cluster: &str) -> Output {
+    Command::new(jm()).args(args).env("JM_CLUSTER", cluster).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// A failed command exits 1 with exactly one line on stderr, starting with `error:`.
+fn assert_one_line_error(o: &Output, needle: &str) {
+    assert_eq!(o.status.code(), Some(1), "stdout: {} stderr: {}", stdout(o), stderr(o));
+    let err = stderr(o);
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    assert!(err.starts_with("error: ") && err.contains(needle), "{err:?} should mention {needle:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_and_cluster_commands_work_against_any_replica() {
+    let cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let follower = cluster.follower_of(leader);
+    // Only a follower and a dead address are given: the CLI skips the dead one.
+    let addrs = format!("127.0.0.1:1,{}", cluster.addr(follower));
+    let spec = cluster.dir.path().join("job.yaml");
+    std::fs::write(&spec, "name: clicks-per-minute\ncheckpoints:\n  retained: 2\n").unwrap();
+
+    let out = run(&["job", "submit", spec.to_str().unwrap(), "-o", "json"], &addrs);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let submitted: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let job_id = submitted["job_id"].as_str().unwrap().to_string();
+    assert_eq!(submitted["served_by"], leader);
+    assert_eq!(submitted["received_by"], follower);
+
+    let out = run(&["job", "list"], &addrs);
+    assert!(stdout(&out).contains(&job_id) && stdout(&out).contains("clicks-per-minute"), "{}", stdout(&out));
+    assert!(stdout(&out).starts_with("JOB ID"));
+
+    let out = run(&["job", "get", &job_id, "--output", "json"], &addrs);
+    let job: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(job["status"], "CREATED");
+    assert_eq!(job["max_retained_checkpoints"], 2);
+    assert_eq!(job["spec"]["name"], "clicks-per-minute");
+
+    let out = run(&["job", "cancel", &job_id], &addrs);
+    assert!(stdout(&out).contains("CANCELED"), "{}", stdout(&out));
+
+    let out = run(&["cluster", "status", "-o", "json"], &addrs);
+    let status: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(status["leader"], leader);
+    assert_eq!(status["replicas"].as_array().unwrap().len(), 3);
+    let out = run(&["cluster", "status"], &addrs);
+    assert!(stdout(&out).contains("Leader") && stdout(&out).contains("Follower"), "{}", stdout(&out));
+
+    // Errors: one clear line and exit code 1.
+    assert_one_line_error(&run(&["job", "get", "0123456789abcdef0123456789abcdef"], &addrs), "not found");
+    assert_one_line_error(&run(&["job", "get", "not-an-id"], &addrs), "32 lowercase hex");
+    assert_one_line_error(&run(&["job", "submit", "/nonexistent/job.yaml"], &addrs), "cannot read");
+    std::fs::write(&spec, "parallelism: 4\n").unwrap();
+    assert_one_line_error(&run(&["job", "submit", spec.to_str().unwrap()], &addrs), "name");
+    assert_one_line_error(&run(&["job", "list"], "127.0.0.1:1,127.0.0.1:2"), "no replica reachable");
+    // Usage errors are clap's: exit code 2.
+    assert_eq!(run(&["job", "frobnicate"], &addrs).status.code(), Some(2));
+}
+
+/// A replica that cannot start logs, then ends with one `error:` line and exit code 1.
+fn assert_server_error(o: &Output, needle: &str) {
+    assert_eq!(o.status.code(), Some(1), "stderr: {}", stderr(o));
+    let err = stderr(o);
+    let last = err.trim_end().lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("error: ") && last.contains(needle), "{last:?} should mention {needle:?}");
+}
+
+#[test]
+fn a_replica_refuses_a_data_dir_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let peers = "1=127.0.0.1:1/127.0.0.1:2";
+    // A data dir written by an incompatible version.
+    let data = dir.path().join("future");
+    {
+        use jobmanager::raft::Engine;
+        let engine = jobmanager::raft::SledEngine::open(&data.join("raft")).unwrap();
+        engine.write(vec![(b"meta/format".to_vec(), Some(vec![9]))]).unwrap();
+        engine.flush().unwrap();
+    }
+    let out = Command::new(jm())
+        .args(["server", "--id", "1", "--peers", peers, "--data-dir", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_server_error(&out, "version");
+    // A data dir that is not a directory.
+    let data = dir.path().join("file");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("raft"), b"garbage").unwrap();
+    let out = Command::new(jm())
+        .args(["server", "--id", "1", "--peers", peers, "--data-dir", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_server_error(&out, "cannot open data dir");
+    // A node id missing from the peers.
+    let out = Command::new(jm())
+        .args(["server", "--id", "4", "--peers", peers, "--data-dir", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_server_error(&out, "not in the peer list");
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jm_local_runs_a_cluster_reports_a_dead_replica_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("local");
+    let log = std::fs::File::create(dir.path().join("local.out")).unwrap();
+    let mut local = Command::new(jm())
+        .args(["local", "--base-port", "0", "--data-dir", data.to_str().unwrap()])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let output = || std::fs::read_to_string(dir.path().join("local.out")).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !output().contains("Leader: replica") {
+        assert!(std::time::Instant::now() < deadline, "jm local never became ready: {}", output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(data.join("cluster.json")).unwrap()).unwrap();
+    let procs = file["processes"].as_array().unwrap().clone();
+    assert_eq!(procs.len(), 3);
+    let pids: Vec<u32> = procs.iter().map(|p| p["pid"].as_u64().unwrap() as u32).collect();
+    assert!(procs.iter().all(|p| p["role"] == "replica" && p["grpc_addr"].as_str().unwrap().starts_with("127.0.0.1:")));
+
+    // The cluster works: the printed commands' target answers.
+    let addrs: Vec<&str> = procs.iter().map(|p| p["grpc_addr"].as_str().unwrap()).collect();
+    let status = run(&["cluster", "status", "-o", "json"], &addrs.join(","));
+    assert!(status.status.success(), "{}", stderr(&status));
+
+    // A replica that dies is reported, not restarted.
+    // SAFETY: SIGKILL to a child of the process under test.
+    unsafe { libc::kill(pids[1] as libc::pid_t, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !output().contains("not restarting") {
+        assert!(std::time::Instant::now() < deadline, "dead replica not reported: {}", output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // SIGTERM stops everything.
+    // SAFETY: SIGTERM to the process under test.
+    unsafe { libc::kill(local.id() as libc::pid_t, libc::SIGTERM) };
+    let status = local.wait().unwrap();
+    assert!(status.success(), "{}", output());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for pid in pids {
+        assert!(!alive(pid), "replica pid {pid} outlived jm local");
+    }
+}
