@@ -185,3 +185,39 @@ async fn killing_every_replica_under_write_load_loses_no_acknowledged_write() {
     let again = submit(&mut c, &key, &key).await.unwrap();
     assert_eq!((again.job_id, again.created), (job_id, false));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_replaced_and_stops_acting_when_it_resumes() {
+    let cluster = TestCluster::start(3, &[]);
+    let old = cluster.wait_leader(ELECTION).await;
+    let pid = cluster.replicas.iter().find(|r| r.id == old).unwrap().child.as_ref().unwrap().id();
+    // SAFETY: SIGSTOP/SIGCONT to a child process we started.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    let deadline = tokio::time::Instant::now() + ELECTION;
+    let new = loop {
+        let other = cluster.follower_of(old);
+        if let Some(l) = cluster.status(other).await.and_then(|s| s.leader).filter(|l| *l != old) {
+            break l;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new leader while the old one was paused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The new leader takes writes while the old one is frozen.
+    let mut c = cluster.connect(new).await;
+    submit(&mut c, "during-pause", "k-pause").await.unwrap();
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+
+    // Once resumed, the old leader steps down: exactly one replica runs the leader services.
+    assert_eq!(cluster.wait_leader(ELECTION).await, new);
+    let deadline = tokio::time::Instant::now() + ELECTION;
+    loop {
+        let s = cluster.status(old).await.unwrap();
+        let active: Vec<u64> = s.replicas.iter().filter(|r| r.leader_services_active).map(|r| r.node_id).collect();
+        if active == vec![new] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "leader services active on {active:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cluster.log(old).contains("leader services stopped"), "{}", cluster.log(old));
+}
