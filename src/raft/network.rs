@@ -194,22 +194,25 @@ fn decode_request<T: DeserializeOwned>(call: PeerCall, payload: &[u8]) -> Result
     decode(payload).map_err(|reason| PeerCallError::BadRequest { call, reason })
 }
 
+/// Decodes the request, runs `serve` on it, and encodes what it returns.
+async fn decode_then<Req, Resp, F, Fut>(call: PeerCall, payload: &[u8], serve: F) -> Result<Vec<u8>, PeerCallError>
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    F: FnOnce(Req) -> Fut,
+    Fut: Future<Output = Resp>,
+{
+    let request = decode_request(call, payload)?;
+    Ok(encode(&serve(request).await))
+}
+
 /// Serves an incoming Raft call (append entries, vote, snapshot chunk) on the local `raft`, returning
 /// the encoded `Result` the sending [`PeerConnection`] expects. Returns `None` for non-Raft calls.
 pub async fn serve_raft_call(raft: &Raft, call: PeerCall, payload: &[u8]) -> Option<Result<Vec<u8>, PeerCallError>> {
     let reply = match call {
-        PeerCall::AppendEntries => match decode_request(call, payload) {
-            Ok(req) => Ok(encode(&raft.append_entries(req).await)),
-            Err(e) => Err(e),
-        },
-        PeerCall::Vote => match decode_request(call, payload) {
-            Ok(req) => Ok(encode(&raft.vote(req).await)),
-            Err(e) => Err(e),
-        },
-        PeerCall::InstallSnapshot => match decode_request(call, payload) {
-            Ok(req) => Ok(encode(&raft.install_snapshot(req).await)),
-            Err(e) => Err(e),
-        },
+        PeerCall::AppendEntries => decode_then(call, payload, |r| raft.append_entries(r)).await,
+        PeerCall::Vote => decode_then(call, payload, |r| raft.vote(r)).await,
+        PeerCall::InstallSnapshot => decode_then(call, payload, |r| raft.install_snapshot(r)).await,
         PeerCall::Forward | PeerCall::ReadIndex | PeerCall::NodeStatus => return None,
     };
     Some(reply)
