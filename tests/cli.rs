@@ -65,6 +65,11 @@ async fn job_and_cluster_commands_work_against_any_replica() {
     let out = run(&["cluster", "status"], &addrs);
     assert!(stdout(&out).contains("Leader") && stdout(&out).contains("Follower"), "{}", stdout(&out));
 
+    let out = run(&["cluster", "compact", "-o", "json"], &addrs);
+    let compacted: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(compacted["served_by"], follower);
+    assert!(compacted["snapshot_index"].as_u64().unwrap() >= 3, "{compacted}");
+
     // Errors: one clear line and exit code 1.
     assert_one_line_error(&run(&["job", "get", "0123456789abcdef0123456789abcdef"], &addrs), "not found");
     assert_one_line_error(&run(&["job", "get", "not-an-id"], &addrs), "32 lowercase hex");

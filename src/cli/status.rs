@@ -15,11 +15,37 @@ pub enum ClusterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Snapshot one replica's state now and compact its log (the replica the first --cluster address
+    /// reaches).
+    Compact {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// Runs a cluster command.
 pub async fn run(cmd: ClusterCommand) -> Result<()> {
-    let ClusterCommand::Status { client } = cmd;
+    match cmd {
+        ClusterCommand::Status { client } => status(client).await,
+        ClusterCommand::Compact { client } => compact(client).await,
+    }
+}
+
+async fn compact(client: ClientArgs) -> Result<()> {
+    let reply = client.client().call(|mut c| async move { c.compact(pb::CompactRequest {}).await }).await?;
+    match client.output {
+        Format::Json => print_json(&json!({
+            "served_by": reply.served_by, "snapshot_index": reply.snapshot_index, "purged_index": reply.purged_index,
+        })),
+        Format::Table => println!(
+            "Replica {} snapshotted up to index {} and purged its log up to index {}.",
+            reply.served_by, reply.snapshot_index, reply.purged_index
+        ),
+    }
+    Ok(())
+}
+
+async fn status(client: ClientArgs) -> Result<()> {
     let reply =
         client.client().call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await }).await?;
     match client.output {
