@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use jobmanager::raft::{open_stores, LogStore, MemoryEngine, SledEngine, StateMachineStore, TypeConfig};
+use jobmanager::raft::{
+    open_stores, LogStore, MemoryEngine, SledEngine, StateMachineStore, TypeConfig, DEFAULT_LOG_CACHE_BYTES,
+};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
 
@@ -12,18 +14,20 @@ struct MemoryBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, ()> for MemoryBuilder {
     async fn build(&self) -> Result<((), LogStore, StateMachineStore), StorageError<u64>> {
-        let (log, sm) = open_stores(Arc::new(MemoryEngine::default())).expect("open memory stores");
+        let (log, sm) =
+            open_stores(Arc::new(MemoryEngine::default()), DEFAULT_LOG_CACHE_BYTES).expect("open memory stores");
         Ok(((), log, sm))
     }
 }
 
+/// With no memory budget, so committed entries are read back from sled.
 struct SledBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = SledEngine::open(dir.path()).expect("open sled");
-        let (log, sm) = open_stores(Arc::new(engine)).expect("open sled stores");
+        let (log, sm) = open_stores(Arc::new(engine), 0).expect("open sled stores");
         Ok((dir, log, sm))
     }
 }

@@ -54,7 +54,7 @@ pub struct ServerArgs {
     #[arg(long, env = "JM_ELECTION_MAX_MS")]
     pub election_max_ms: Option<u64>,
     /// Leader lease: a leader that has not heard from a quorum for this long stops acting as leader
-    /// (default: the minimum election timeout).
+    /// (default and maximum: the maximum election timeout).
     #[arg(long, env = "JM_LEADER_LEASE_MS")]
     pub leader_lease_ms: Option<u64>,
     /// How long a write may wait for a leader and a commit.
@@ -66,6 +66,9 @@ pub struct ServerArgs {
     /// Entries kept in the log below the newest snapshot.
     #[arg(long, env = "JM_KEEP_BELOW_SNAPSHOT")]
     pub keep_below_snapshot: Option<u64>,
+    /// Memory for log entries kept decoded in memory, in MiB (older ones are read from disk).
+    #[arg(long, env = "JM_LOG_CACHE_MIB")]
+    pub log_cache_mib: Option<usize>,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -84,6 +87,7 @@ struct FileConfig {
     write_timeout_ms: Option<u64>,
     snapshot_every: Option<u64>,
     keep_below_snapshot: Option<u64>,
+    log_cache_mib: Option<usize>,
 }
 
 /// Parses `ID=RAFT_ADDR/API_ADDR,...`.
@@ -136,19 +140,20 @@ pub fn resolve(args: ServerArgs) -> Result<Resolved> {
     let own = peers.get(&id).cloned().ok_or_else(|| anyhow!("node id {id} is not in the peer list"))?;
     let ms = Duration::from_millis;
     let d = Timing::default();
-    let election_min = args.election_min_ms.or(file.election_min_ms).map_or(d.election_min, ms);
+    let election_max = args.election_max_ms.or(file.election_max_ms).map_or(d.election_max, ms);
     let timing = Timing {
         heartbeat: args.heartbeat_ms.or(file.heartbeat_ms).map_or(d.heartbeat, ms),
-        election_min,
-        election_max: args.election_max_ms.or(file.election_max_ms).map_or(d.election_max, ms),
+        election_min: args.election_min_ms.or(file.election_min_ms).map_or(d.election_min, ms),
+        election_max,
         write_timeout: args.write_timeout_ms.or(file.write_timeout_ms).map_or(d.write_timeout, ms),
-        leader_lease: args.leader_lease_ms.or(file.leader_lease_ms).map_or(election_min, ms),
+        leader_lease: args.leader_lease_ms.or(file.leader_lease_ms).map_or(election_max, ms),
     };
     let c = Compaction::default();
     let compaction = Compaction {
         snapshot_every: args.snapshot_every.or(file.snapshot_every).unwrap_or(c.snapshot_every),
         keep_below_snapshot: args.keep_below_snapshot.or(file.keep_below_snapshot).unwrap_or(c.keep_below_snapshot),
         snapshot_chunk_bytes: c.snapshot_chunk_bytes,
+        log_cache_bytes: args.log_cache_mib.or(file.log_cache_mib).map_or(c.log_cache_bytes, |m| m * 1024 * 1024),
     };
     let node = NodeConfig { id, data_dir, peers, timing, compaction };
     node.validate().map_err(|e| anyhow!(e))?;
@@ -214,13 +219,13 @@ mod tests {
     fn flags_beat_the_file_and_the_file_beats_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jm.toml");
-        std::fs::write(&path, "id = 2\npeers = \"1=a:1/a:2,2=b:1/b:2\"\ndata_dir = \"/tmp/x\"\nheartbeat_ms = 50\nelection_min_ms = 400\n").unwrap();
-        let args = ServerArgs { config: Some(path.clone()), election_min_ms: Some(500), ..Default::default() };
+        std::fs::write(&path, "id = 2\npeers = \"1=a:1/a:2,2=b:1/b:2\"\ndata_dir = \"/tmp/x\"\nheartbeat_ms = 60\nelection_max_ms = 700\n").unwrap();
+        let args = ServerArgs { config: Some(path.clone()), election_max_ms: Some(800), ..Default::default() };
         let r = resolve(args).unwrap();
         assert_eq!(r.node.id, 2);
-        assert_eq!(r.node.timing.heartbeat, Duration::from_millis(50));
-        assert_eq!(r.node.timing.election_min, Duration::from_millis(500));
-        assert_eq!(r.node.timing.leader_lease, Duration::from_millis(500));
+        assert_eq!(r.node.timing.heartbeat, Duration::from_millis(60));
+        assert_eq!(r.node.timing.election_max, Duration::from_millis(800));
+        assert_eq!(r.node.timing.leader_lease, Duration::from_millis(800));
         assert_eq!(r.api_listen, "b:2");
         std::fs::write(&path, "idd = 2\n").unwrap();
         let err = resolve(ServerArgs { config: Some(path), ..Default::default() }).err().unwrap();

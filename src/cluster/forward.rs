@@ -29,6 +29,9 @@ use super::node::ReplicaNode;
 use crate::raft::network::call_peer;
 use crate::raft::{Command, NodeId, PeerCall, Response, TransportError};
 
+/// The longest pause between two attempts at a write (a new leader usually cuts it short).
+const MAX_RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
 /// A committed, applied write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Written {
@@ -112,7 +115,8 @@ impl ReplicaNode {
         let mut backoff = Duration::from_millis(10);
         loop {
             let budget = deadline.saturating_duration_since(Instant::now());
-            let attempt = match self.metrics().current_leader {
+            let leader_seen = self.metrics().current_leader;
+            let attempt = match leader_seen {
                 Some(leader) if leader == self.id => self.propose_as_leader(command.clone(), budget).await,
                 Some(leader) => self.forward_to(leader, command.clone(), budget).await,
                 None => Err(Attempt::NotApplied(ClusterError::NoLeader {
@@ -135,9 +139,17 @@ impl ReplicaNode {
                 return Err(error);
             }
             tracing::debug!(%error, ?backoff, "write not served yet; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(100));
+            self.wait_for_new_leader(leader_seen, backoff).await;
+            backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
         }
+    }
+
+    /// Waits until this replica learns of a leader other than `seen`, or `max` passes: a retry is
+    /// pointless before either.
+    async fn wait_for_new_leader(&self, seen: Option<NodeId>, max: Duration) {
+        let mut metrics = self.raft.metrics();
+        let changed = metrics.wait_for(|m| m.current_leader.is_some() && m.current_leader != seen);
+        let _ = tokio::time::timeout(max, changed).await;
     }
 
     /// Serves a write forwarded by a follower: one attempt, never forwarded again.
@@ -255,7 +267,8 @@ impl ReplicaNode {
         let deadline = Instant::now() + self.config.timing.write_timeout;
         let mut backoff = Duration::from_millis(10);
         loop {
-            let error = match self.metrics().current_leader {
+            let leader_seen = self.metrics().current_leader;
+            let error = match leader_seen {
                 Some(leader) if leader == self.id => match self.serve_read_index().await {
                     Ok(index) => return Ok(index),
                     Err(e) => e,
@@ -281,8 +294,8 @@ impl ReplicaNode {
             if Instant::now() + backoff >= deadline {
                 return Err(error);
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(100));
+            self.wait_for_new_leader(leader_seen, backoff).await;
+            backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
         }
     }
 

@@ -94,7 +94,7 @@ impl ReplicaNode {
     ) -> Result<Arc<Self>, StartError> {
         config.validate().map_err(StartError::Config)?;
         let raft_config = Arc::new(config.raft_config().map_err(StartError::Config)?);
-        let (log_store, state_machine) = open_stores(engine.clone())?;
+        let (log_store, state_machine) = open_stores(engine.clone(), config.compaction.log_cache_bytes)?;
         let committed = log_store.committed_index();
         let state = state_machine.handle();
         let raft = Raft::new(config.id, raft_config, Network::new(transport.clone()), log_store, state_machine)

@@ -5,7 +5,8 @@
 //!
 //! * [`storage`]: a small ordered key-value trait ([`Engine`]) with a sled engine for real replicas and a
 //!   memory engine for tests and simulations;
-//! * [`log_store`]: the Raft log on an engine, with group-committed flushes ([`Flusher`]);
+//! * [`disk_writer`]: the one thread that writes to the engine, in order, with group-committed flushes;
+//! * [`log_store`]: the Raft log, in memory for reads and written behind to the engine;
 //! * [`command`]: the replicated [`Command`]s, an append-only on-disk format, and their results;
 //! * [`state`]: [`ClusterState`] and its pure, deterministic `apply`: no clock, no randomness, no I/O;
 //!   time and ids travel in the commands, so every replica computes the same state from the same log;
@@ -19,6 +20,7 @@
 //! diverge.
 
 pub mod command;
+pub mod disk_writer;
 pub mod log_store;
 pub mod network;
 pub mod state;
@@ -29,17 +31,22 @@ pub mod types;
 use std::sync::Arc;
 
 pub use command::{Command, DeterministicError, JobId, JobStatus, LogIndex, Response};
-pub use log_store::{Flusher, LogStore};
+pub use disk_writer::DiskWriter;
+pub use log_store::{LogStore, DEFAULT_LOG_CACHE_BYTES};
 pub use network::{Network, PeerCall, PeerTransport, TransportError};
 pub use state::ClusterState;
 pub use state_machine::{SmData, StateHandle, StateMachineStore};
 pub use storage::{Engine, MemoryEngine, SledEngine, StoreError};
 pub use types::{ApplyResult, LogId, Node, NodeId, Raft, RaftMetrics, TypeConfig};
 
-/// Opens the log store and the state machine of one replica on `engine`, sharing one flusher.
-pub fn open_stores(engine: Arc<dyn Engine>) -> Result<(LogStore, StateMachineStore), StoreError> {
+/// Opens the log store and the state machine of one replica on `engine`, sharing one disk writer;
+/// at most `log_cache_bytes` of log entries stay decoded in memory.
+pub fn open_stores(
+    engine: Arc<dyn Engine>,
+    log_cache_bytes: usize,
+) -> Result<(LogStore, StateMachineStore), StoreError> {
     log_store::check_format(&*engine)?;
-    let flusher = Flusher::start(engine.clone());
-    let state_machine = StateMachineStore::open(engine.clone(), flusher.clone())?;
-    Ok((LogStore::new(engine, flusher), state_machine))
+    let writer = DiskWriter::start(engine.clone())?;
+    let state_machine = StateMachineStore::open(engine.clone(), writer.clone())?;
+    Ok((LogStore::open(engine, writer, log_cache_bytes)?, state_machine))
 }

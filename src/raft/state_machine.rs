@@ -25,7 +25,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 
-use super::log_store::{decode_record, encode_record, Flusher};
+use super::disk_writer::DiskWriter;
+use super::log_store::{decode_record, encode_record};
 use super::state::ClusterState;
 use super::storage::{Engine, StoreError};
 use super::types::{ApplyResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -70,7 +71,7 @@ impl StateHandle {
 pub struct StateMachineStore {
     state: StateHandle,
     engine: Arc<dyn Engine>,
-    flusher: Flusher,
+    writer: DiskWriter,
     snapshots_built: Arc<AtomicU64>,
 }
 
@@ -84,8 +85,8 @@ fn snapshot_err(verb: ErrorVerb, e: StoreError) -> StorageError {
 
 impl StateMachineStore {
     /// Opens the state machine on `engine`, restoring the newest snapshot if there is one.
-    pub fn open(engine: Arc<dyn Engine>, flusher: Flusher) -> Result<Self, StoreError> {
-        let store = Self { state: StateHandle::default(), engine, flusher, snapshots_built: Arc::default() };
+    pub fn open(engine: Arc<dyn Engine>, writer: DiskWriter) -> Result<Self, StoreError> {
+        let store = Self { state: StateHandle::default(), engine, writer, snapshots_built: Arc::default() };
         if let Some((meta, data)) = store.read_snapshot()? {
             let cluster: ClusterState = decode_record("snapshot data", &data)?;
             *store.state.lock_write() =
@@ -110,11 +111,11 @@ impl StateMachineStore {
     }
 
     async fn persist_snapshot(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StoreError> {
-        self.engine.write(vec![
+        self.writer.write(vec![
             (KEY_SNAPSHOT_META.to_vec(), Some(encode_record(meta))),
             (KEY_SNAPSHOT_DATA.to_vec(), Some(data)),
         ])?;
-        self.flusher.flush().await
+        self.writer.flush().await
     }
 
     fn apply_entry(data: &mut SmData, entry: Entry) -> ApplyResult {
@@ -175,7 +176,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             store: StateMachineStore {
                 state: self.state.clone(),
                 engine: self.engine.clone(),
-                flusher: self.flusher.clone(),
+                writer: self.writer.clone(),
                 snapshots_built: self.snapshots_built.clone(),
             },
         }
