@@ -145,3 +145,43 @@ async fn compaction_on_demand_snapshots_and_purges_the_log() {
     // The state is intact after compaction.
     assert_eq!(cluster.jobs_on(leader).await.len(), 40);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_are_batched_into_shared_log_entries_each_with_its_own_outcome() {
+    let cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_leader(ELECTION).await;
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let mut c = cluster.connect(leader).await;
+        tasks.push(tokio::spawn(async move {
+            // Every fourth write is invalid for the state machine (a metadata key on an unknown job):
+            // it must fail alone, not take its batch down.
+            if i % 4 == 0 {
+                let r = c
+                    .put_job_metadata(pb::PutJobMetadataRequest {
+                        job_id: format!("{i:032x}"),
+                        key: "k".into(),
+                        value: vec![1],
+                    })
+                    .await;
+                return Err(r.unwrap_err().code());
+            }
+            let reply = submit(&mut c, &format!("job-{i}"), &format!("key-{i}")).await.unwrap();
+            Ok((reply.job_id, reply.write.unwrap().log_index))
+        }));
+    }
+    let mut indexes = std::collections::BTreeMap::<u64, usize>::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok((id, index)) => {
+                ids.insert(id);
+                *indexes.entry(index).or_default() += 1;
+            }
+            Err(code) => assert_eq!(code, Code::NotFound),
+        }
+    }
+    assert_eq!(ids.len(), 48, "every valid submit created its own job");
+    assert!(indexes.values().any(|n| *n > 1), "no two writes shared a log entry: {indexes:?}");
+    assert_eq!(cluster.jobs_on(leader).await.len(), 48);
+}

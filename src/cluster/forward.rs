@@ -185,20 +185,18 @@ impl ReplicaNode {
         if let Some(detail) = self.lease_expired() {
             return Err(Attempt::NotApplied(ClusterError::NoQuorum { detail }));
         }
-        let written = match tokio::time::timeout(budget, self.raft.client_write(command)).await {
+        let written = match tokio::time::timeout(budget, self.proposer.propose(command)).await {
             Err(_) => {
                 return Err(Attempt::Unknown(ClusterError::Indeterminate {
                     detail: format!("leader {} did not commit the write within {budget:?}", self.id),
                 }))
             }
-            Ok(result) => result,
+            Ok(None) => return Err(Attempt::Final(ClusterError::ShuttingDown)),
+            Ok(Some(result)) => result,
         };
         match written {
-            Ok(reply) => match reply.data {
-                Some(Ok(response)) => Ok(Written { index: reply.log_id.index, leader: self.id, response }),
-                Some(Err(rejected)) => Err(Attempt::Final(ClusterError::Rejected(rejected))),
-                None => Err(Attempt::Final(ClusterError::Fatal { detail: "command applied without a result".into() })),
-            },
+            Ok((index, Ok(response))) => Ok(Written { index, leader: self.id, response }),
+            Ok((_, Err(rejected))) => Err(Attempt::Final(ClusterError::Rejected(rejected))),
             // openraft refuses before appending, or after truncating the entry: it is not applied.
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(Attempt::NotApplied(ClusterError::NotLeader { leader: f.leader_id }))

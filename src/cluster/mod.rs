@@ -5,6 +5,7 @@
 //!   cluster exactly once; its status;
 //! * [`forward`]: the write path (proposed through the leader, forwarded from followers in exactly one
 //!   place, retried across leader changes where that is safe) and the read barrier (read-index);
+//! * [`proposer`]: batching concurrent writes into one log entry on the leader;
 //! * [`peer`]: serving the replica-to-replica calls;
 //! * [`leadership`]: deciding when this replica acts as leader and starting/stopping the leader-only
 //!   services;
@@ -20,6 +21,7 @@ pub mod forward;
 pub mod leadership;
 pub mod node;
 pub mod peer;
+pub mod proposer;
 
 pub use clock::{Clock, SystemClock};
 pub use config::{Compaction, NodeConfig, Timing};

@@ -19,6 +19,7 @@ use super::clock::Clock;
 use super::config::NodeConfig;
 use super::error::ClusterError;
 use super::leadership::{watch_leadership, LeaderSupervisor};
+use super::proposer::Proposer;
 use crate::raft::{
     open_stores, Engine, Network, Node, NodeId, PeerTransport, Raft, RaftMetrics, StateHandle, StoreError,
 };
@@ -74,6 +75,7 @@ pub struct ReplicaNode {
     pub id: NodeId,
     pub(super) config: NodeConfig,
     pub(super) raft: Raft,
+    pub(super) proposer: Proposer,
     pub(super) state: StateHandle,
     pub(super) transport: Arc<dyn PeerTransport>,
     pub(super) clock: Arc<dyn Clock>,
@@ -103,6 +105,7 @@ impl ReplicaNode {
         let node = Arc::new(Self {
             id: config.id,
             config,
+            proposer: Proposer::start(raft.clone()),
             raft,
             state,
             transport,

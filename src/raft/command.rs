@@ -366,6 +366,13 @@ pub enum Command {
         /// When it was stored.
         at_ms: u64,
     },
+    /// Several commands proposed together as one log entry (the leader batches concurrent client writes to
+    /// amortize the cost of an entry). They are applied in order, each with its own outcome; a batch never
+    /// fails as a whole. A batch inside a batch is refused.
+    Batch {
+        /// The commands, in the order they are applied.
+        commands: Vec<Command>,
+    },
     // New variants go here, at the end. Read the comment above the enum first.
 }
 
@@ -386,6 +393,7 @@ impl Command {
             Self::RecordSavepoint { .. } => "record_savepoint",
             Self::RecordJobResult { .. } => "record_job_result",
             Self::PutJobMetadata { .. } => "put_job_metadata",
+            Self::Batch { .. } => "batch",
         }
     }
 
@@ -403,7 +411,7 @@ impl Command {
             | Self::RecordSavepoint { job_id, .. }
             | Self::RecordJobResult { job_id, .. }
             | Self::PutJobMetadata { job_id, .. } => Some(job_id),
-            Self::RegisterTaskManager { .. } | Self::UnregisterTaskManager { .. } => None,
+            Self::RegisterTaskManager { .. } | Self::UnregisterTaskManager { .. } | Self::Batch { .. } => None,
         }
     }
 }
@@ -503,6 +511,11 @@ pub enum Response {
         job_id: JobId,
         /// The key written.
         key: String,
+    },
+    /// The outcome of each command of a `Batch`, in order.
+    Batch {
+        /// One outcome per command.
+        results: Vec<Result<Response, DeterministicError>>,
     },
 }
 
@@ -861,6 +874,18 @@ mod tests {
         assert_golden(
             Command::PutJobMetadata { job_id: job(), key: "owner".to_string(), value: vec![1, 2, 3], at_ms: 1 },
             "0c203031323334353637383961626364656630313233343536373839616263646566056f776e65720301020301",
+        );
+    }
+
+    #[test]
+    fn golden_batch() {
+        assert_golden(
+            Command::Batch { commands: vec![Command::CancelJob { job_id: job(), at_ms: 1 }] },
+            "0d010120303132333435363738396162636465663031323334353637383961626364656601",
+        );
+        assert_golden(
+            Response::Batch { results: vec![Ok(Response::MetadataPut { job_id: job(), key: "k".to_string() })] },
+            "0d01000c203031323334353637383961626364656630313233343536373839616263646566016b",
         );
     }
 

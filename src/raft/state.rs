@@ -186,6 +186,7 @@ impl ClusterState {
                 self.apply_submit_job(index, submission)
             }
             Command::CancelJob { job_id, at_ms } => self.apply_cancel_job(job_id, at_ms),
+            Command::Batch { commands } => Ok(self.apply_batch(index, commands)),
             Command::TransitionJobStatus { job_id, epoch, to, at_ms, reason } => {
                 self.apply_transition_job_status(job_id, epoch, to, at_ms, reason)
             }
@@ -492,6 +493,18 @@ impl ClusterState {
         job.metadata.insert(key.clone(), value);
         job.updated_at_ms = at_ms;
         Ok(Response::MetadataPut { job_id, key })
+    }
+
+    /// Applies each command of a batch in order, with its own outcome. The batch as a whole always succeeds.
+    fn apply_batch(&mut self, index: LogIndex, commands: Vec<Command>) -> Response {
+        let results = commands
+            .into_iter()
+            .map(|command| match command {
+                Command::Batch { .. } => Err(DeterministicError::invalid("batch", "a batch cannot contain a batch")),
+                command => self.apply(index, command),
+            })
+            .collect();
+        Response::Batch { results }
     }
 
     /// Makes a job terminal with the given outcome and frees its slots: a terminal job runs nothing.
@@ -1768,6 +1781,35 @@ mod properties {
                 }
                 seen = after.jobs.iter().map(|(id, job)| (id.clone(), watermarks(job))).collect();
             });
+        }
+
+        #[test]
+        fn a_batch_applies_like_its_commands_one_by_one(cmds in commands(), sizes in prop::collection::vec(0usize..5, 1..40)) {
+            // Group the sequence into batches of the given sizes (0: a lone command, not batched).
+            let mut batched = ClusterState::default();
+            let mut single = ClusterState::default();
+            let mut rest = cmds.into_iter();
+            for (index, size) in (1..).zip(sizes.into_iter().cycle()) {
+                let group: Vec<Command> = rest.by_ref().take(size.max(1)).collect();
+                if group.is_empty() {
+                    break;
+                }
+                let one_by_one: Vec<_> = group.iter().cloned().map(|c| single.apply(index, c)).collect();
+                if size == 0 {
+                    let alone = batched.apply(index, group.into_iter().next().unwrap());
+                    prop_assert_eq!(vec![alone], one_by_one);
+                } else {
+                    let reply = batched.apply(index, Command::Batch { commands: group });
+                    prop_assert_eq!(reply, Ok(Response::Batch { results: one_by_one }));
+                }
+                prop_assert_eq!(&batched, &single);
+                batched.check_invariants().map_err(TestCaseError::fail)?;
+            }
+            // A batch inside a batch is refused, and only that part.
+            let nested = Command::Batch { commands: vec![Command::Batch { commands: vec![] }] };
+            let Ok(Response::Batch { results }) = batched.apply(u64::MAX, nested) else { panic!("a batch always applies") };
+            let refused = matches!(results.as_slice(), [Err(DeterministicError::InvalidArgument { .. })]);
+            prop_assert!(refused, "nested batch: {:?}", results);
         }
 
         #[test]
