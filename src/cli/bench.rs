@@ -75,6 +75,8 @@ const FAILOVER_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 const FAILOVER_GIVE_UP: Duration = Duration::from_secs(30);
 /// How long a restarted replica may take to rejoin and catch up.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the cluster runs healthy after a restarted replica caught up, before the next kill.
+const FAILOVER_SETTLE: Duration = Duration::from_secs(1);
 /// How long the disk phase may write.
 const DISK_PHASE_LIMIT: Duration = Duration::from_secs(900);
 /// How long one `Compact` call may take.
@@ -113,6 +115,10 @@ pub struct BenchArgs {
     /// Client counts to measure, comma-separated (each at most 64).
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     pub clients: Vec<usize>,
+    /// gRPC connections the clients of a measurement share (HTTP/2 multiplexes their requests), like
+    /// etcd's benchmark `--conns`; 0 gives every client its own connection.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
     /// How many times to kill the leader.
     #[arg(long, default_value_t = 10)]
     pub failovers: u32,
@@ -142,12 +148,25 @@ struct Report {
     server_args: Option<String>,
     settings: Settings,
     writes: Vec<WriteConfigReport>,
+    /// The same load as the largest write configuration, but stale reads of one key from the leader: a
+    /// gRPC round trip with next to no work behind it, the ceiling this machine puts on any request.
+    baseline_stale_reads: Option<BaselineReport>,
     failover: Option<FailoverReport>,
     failover_skipped: Option<String>,
     memory: Option<MemoryReport>,
     disk: Option<DiskReport>,
     disk_skipped: Option<String>,
     elapsed_secs: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct BaselineReport {
+    clients: usize,
+    reads_per_sec: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    /// Leader writes/s at the same client count divided by these reads/s.
+    write_to_read_ratio: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -161,6 +180,7 @@ struct Settings {
     warmup_secs: u64,
     repeat: u32,
     clients: Vec<usize>,
+    connections: usize,
 }
 
 /// One (client count, target) measurement: medians over its runs.
@@ -305,6 +325,7 @@ async fn bench(args: &BenchArgs, mut owned: Option<&mut OwnedCluster>, started: 
             writes.push(measure_write_config(args, &addrs, require_all, &job, *clients, target).await?);
         }
     }
+    let baseline_stale_reads = measure_baseline(args, &addrs, &job, leader, &writes).await;
     let after_writes_mib = owned.as_deref().map(OwnedCluster::resident_mib);
 
     let (failover, failover_skipped) = match (owned.as_deref_mut(), args.skip_failover) {
@@ -338,8 +359,10 @@ async fn bench(args: &BenchArgs, mut owned: Option<&mut OwnedCluster>, started: 
             warmup_secs: args.warmup_secs,
             repeat: args.repeat,
             clients: args.clients.clone(),
+            connections: args.connections,
         },
         writes,
+        baseline_stale_reads,
         failover,
         failover_skipped,
         memory,
@@ -438,6 +461,9 @@ impl OwnedCluster {
         let mut child = r.child.take().ok_or_else(|| anyhow!("replica {id} is not running"))?;
         let killed_at = Instant::now();
         child.start_kill().with_context(|| format!("cannot kill replica {id}"))?;
+        tracing::debug!(replica = id, "killed");
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        progress(&format!("killed replica {id} (leader) at unix ms {wall}"));
         let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
         Ok(killed_at)
     }
@@ -649,7 +675,7 @@ async fn measure_write_config(
     let mut runs = Vec::new();
     for run in 1..=args.repeat {
         let window = Window::starting_now(args.warmup_secs, args.duration_secs);
-        let report = measure_once(&addr, job, clients, window).await;
+        let report = measure_once(&addr, job, clients, args.connections, Load::Writes, window).await;
         progress(&format!(
             "writes: {clients} clients via {} (replica {node_id}), run {run}/{}: {:.0} writes/s, p50 {} ms, p99 {} ms, {} errors",
             target.name(),
@@ -714,18 +740,87 @@ impl ClientTally {
             }
         }
     }
+
+    fn report(&self, window: Window) -> RunReport {
+        RunReport {
+            writes_per_sec: round1(self.acked as f64 / window.seconds()),
+            p50_ms: quantile_ms(&self.latencies_us, 0.5),
+            p99_ms: quantile_ms(&self.latencies_us, 0.99),
+            errors: self.errors,
+            first_error: self.first_error.clone(),
+        }
+    }
 }
 
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("1 µs to 1 h at 3 digits is a valid histogram")
 }
 
-/// `clients` clients, each with its own connection to `addr` and one write in flight, for one window.
-async fn measure_once(addr: &str, job: &Arc<str>, clients: usize, window: Window) -> RunReport {
-    let tasks: Vec<_> = (0..clients)
-        .map(|client| tokio::spawn(write_in_window(addr.to_string(), job.clone(), client, window)))
-        .collect();
+/// `clients` clients sharing `connections` connections to `addr` (0: one each), each with one write in
+/// flight, for one window.
+/// What the clients of a measurement send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// Metadata puts: replicated writes.
+    Writes,
+    /// Stale reads of one metadata key: served locally, the request-handling baseline.
+    StaleReads,
+}
+
+/// The stale-read baseline at the largest client count, against the leader.
+async fn measure_baseline(
+    args: &BenchArgs,
+    addrs: &[String],
+    job: &Arc<str>,
+    leader: u64,
+    writes: &[WriteConfigReport],
+) -> Option<BaselineReport> {
+    let clients = *args.clients.iter().max()?;
+    let addr = members(addrs).await.ok()?.get(&leader).cloned()?;
+    let mut runs = Vec::new();
+    for _ in 0..args.repeat {
+        let window = Window::starting_now(args.warmup_secs, args.duration_secs);
+        runs.push(measure_once(&addr, job, clients, args.connections, Load::StaleReads, window).await);
+    }
+    let reads_per_sec = median(runs.iter().map(|r| r.writes_per_sec))?;
+    let leader_writes =
+        writes.iter().find(|w| w.clients == clients && w.target == "leader").and_then(|w| w.writes_per_sec);
+    progress(&format!("baseline: {clients} clients reading (stale) from the leader: {reads_per_sec:.0} reads/s"));
+    Some(BaselineReport {
+        clients,
+        reads_per_sec,
+        p50_ms: median(runs.iter().filter_map(|r| r.p50_ms)),
+        p99_ms: median(runs.iter().filter_map(|r| r.p99_ms)),
+        write_to_read_ratio: leader_writes.map(|w| round1(100.0 * w / reads_per_sec) / 100.0),
+    })
+}
+
+async fn measure_once(
+    addr: &str,
+    job: &Arc<str>,
+    clients: usize,
+    connections: usize,
+    load: Load,
+    window: Window,
+) -> RunReport {
     let mut total = ClientTally::new();
+    let shared = if connections == 0 { clients } else { connections.min(clients) };
+    let mut conns = Vec::with_capacity(shared);
+    for _ in 0..shared {
+        match connect_until(addr, window.end, &mut total).await {
+            Some(conn) => conns.push(conn),
+            None => break,
+        }
+    }
+    if conns.is_empty() {
+        return total.report(window);
+    }
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let conn = conns[client % conns.len()].clone();
+            tokio::spawn(write_in_window(conn, job.clone(), client, load, window))
+        })
+        .collect();
     for task in tasks {
         match task.await {
             Ok(tally) => {
@@ -737,25 +832,37 @@ async fn measure_once(addr: &str, job: &Arc<str>, clients: usize, window: Window
             Err(e) => total.error(true, || format!("client task failed: {e}")),
         }
     }
-    RunReport {
-        writes_per_sec: round1(total.acked as f64 / window.seconds()),
-        p50_ms: quantile_ms(&total.latencies_us, 0.5),
-        p99_ms: quantile_ms(&total.latencies_us, 0.99),
-        errors: total.errors,
-        first_error: total.first_error,
-    }
+    total.report(window)
 }
 
 /// One client of [`measure_once`]: writes until the window ends, one request at a time.
-async fn write_in_window(addr: String, job: Arc<str>, client: usize, window: Window) -> ClientTally {
+async fn write_in_window(
+    mut conn: JobManagerClient<Channel>,
+    job: Arc<str>,
+    client: usize,
+    load: Load,
+    window: Window,
+) -> ClientTally {
     let mut tally = ClientTally::new();
-    let Some(mut conn) = connect_until(&addr, window.end, &mut tally).await else { return tally };
     let mut n: u64 = 0;
     while Instant::now() < window.end {
-        let request = put_request(&job, format!("c{client}-{}", n % KEYS_PER_CLIENT));
+        let key = format!("c{client}-{}", n % KEYS_PER_CLIENT);
         n += 1;
         let sent = Instant::now();
-        let reply = match tokio::time::timeout_at(window.end, conn.put_job_metadata(request)).await {
+        let call = async {
+            match load {
+                Load::Writes => conn.put_job_metadata(put_request(&job, key)).await.map(|_| ()),
+                Load::StaleReads => {
+                    let request = pb::GetJobMetadataRequest {
+                        job_id: job.to_string(),
+                        key,
+                        consistency: pb::ReadConsistency::Stale as i32,
+                    };
+                    conn.get_job_metadata(request).await.map(|_| ())
+                }
+            }
+        };
+        let reply = match tokio::time::timeout_at(window.end, call).await {
             Ok(reply) => reply,
             Err(_) => break, // the window closed with this write in flight: it does not count
         };
@@ -950,6 +1057,9 @@ async fn wait_until_caught_up(cluster: &mut OwnedCluster, restarted: u64) -> Res
         }
         if let Some(target) = target {
             if applied_index_of(&addr, restarted).await.is_some_and(|applied| applied >= target) {
+                // Let the cluster run healthy for a moment, as between real failures: a kill right
+                // after a restart measures a replica still settling in, not a failover.
+                tokio::time::sleep(FAILOVER_SETTLE).await;
                 return Ok(());
             }
         }

@@ -7,6 +7,8 @@
 //!   place, retried across leader changes where that is safe) and the read barrier (read-index);
 //! * [`proposer`]: batching concurrent writes into one log entry on the leader;
 //! * [`peer`]: serving the replica-to-replica calls;
+//! * [`campaign`]: prompt elections by the follower with the most complete log when the leader is
+//!   silent;
 //! * [`leadership`]: deciding when this replica acts as leader and starting/stopping the leader-only
 //!   services;
 //! * [`config`] and [`clock`]: what a replica is given.
@@ -14,6 +16,7 @@
 //! Nothing here knows gRPC: the API layer carries bytes between [`ReplicaNode`]s through a
 //! [`PeerTransport`](crate::raft::PeerTransport) and serves clients by calling into this layer.
 
+pub mod campaign;
 pub mod clock;
 pub mod config;
 pub mod error;

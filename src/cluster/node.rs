@@ -53,6 +53,8 @@ pub struct ReplicaStatus {
     pub leader: Option<NodeId>,
     /// Index of its last log entry.
     pub last_log_index: u64,
+    /// Term of its last log entry.
+    pub last_log_term: u64,
     /// The commit index it knows of.
     pub committed_index: u64,
     /// The last index applied to its state machine.
@@ -116,6 +118,7 @@ impl ReplicaNode {
             last_leader_contact: Mutex::new(None),
         });
         node.bootstrap_if_fresh().await?;
+        tokio::spawn(super::campaign::campaign_when_leader_is_silent(node.clone()));
         tokio::spawn(watch_leadership(
             node.raft.clone(),
             node.id,
@@ -207,6 +210,7 @@ impl ReplicaNode {
             term: m.current_term,
             leader: m.current_leader,
             last_log_index: m.last_log_index.unwrap_or(0),
+            last_log_term: self.raft.data_metrics().borrow().last_log.map_or(0, |l| l.leader_id.term),
             committed_index: self.committed.load(Ordering::Relaxed).max(index(m.last_applied)),
             applied_index: index(m.last_applied),
             snapshot_index: index(m.snapshot),

@@ -33,6 +33,14 @@ impl ReplicaNode {
         }
     }
 
+    /// The status of every other member that answers within `timeout`.
+    pub async fn peer_statuses(&self, timeout: Duration) -> Vec<ReplicaStatus> {
+        let asks = self.members().into_iter().filter(|(id, _)| *id != self.id).map(|(id, node)| async move {
+            call_peer::<_, ReplicaStatus>(&*self.transport, id, &node, PeerCall::NodeStatus, &(), timeout).await.ok()
+        });
+        futures::future::join_all(asks).await.into_iter().flatten().collect()
+    }
+
     /// Every member's own status, asked in parallel; a replica that does not answer within a short
     /// timeout is reported with the error.
     pub async fn cluster_status(&self) -> BTreeMap<NodeId, Result<ReplicaStatus, ClusterError>> {

@@ -84,7 +84,7 @@ impl SledEngine {
         // and a second flusher would only compete with it for sled's I/O threads.
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(64 * 1024 * 1024)
+            .cache_capacity(32 * 1024 * 1024)
             .flush_every_ms(None)
             .open()
             .map_err(|e| open_err(e.to_string()))?;
@@ -217,7 +217,7 @@ mod tests {
             let engine = SledEngine::open(dir.path()).unwrap();
             exercise(&engine);
         }
-        // sled's background flusher may hold the file lock for a moment after the drop.
+        // sled's threads may hold the file lock for a moment after the drop.
         let mut reopened = SledEngine::open(dir.path());
         for _ in 0..50 {
             if reopened.is_ok() {
