@@ -40,7 +40,7 @@ use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 pub const STORAGE_FORMAT_VERSION: u8 = 1;
 
 /// Default memory budget for log entries kept decoded in memory.
-pub const DEFAULT_LOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
+pub const DEFAULT_LOG_CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 const KEY_VOTE: &[u8] = b"meta/vote";
 const KEY_COMMITTED: &[u8] = b"meta/committed";

@@ -84,7 +84,7 @@ impl SledEngine {
         // and a second flusher would only compete with it for sled's I/O threads.
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(32 * 1024 * 1024)
+            .cache_capacity(8 * 1024 * 1024)
             .flush_every_ms(None)
             .open()
             .map_err(|e| open_err(e.to_string()))?;
