@@ -16,19 +16,16 @@ impl ReplicaNode {
         if call == PeerCall::AppendEntries {
             self.note_leader_contact();
         }
-        if let Some(reply) = serve_raft_call(&self.raft, call, payload).await {
-            return reply;
-        }
-        let bad = |reason: String| PeerCallError::BadRequest { call, reason };
         match call {
             PeerCall::Forward => {
-                let request: ForwardRequest = decode(payload).map_err(bad)?;
+                let request: ForwardRequest =
+                    decode(payload).map_err(|reason| PeerCallError::BadRequest { call, reason })?;
                 Ok(encode(&self.serve_forwarded(request).await))
             }
             PeerCall::ReadIndex => Ok(encode(&self.serve_read_index().await)),
             PeerCall::NodeStatus => Ok(encode(&self.local_status())),
             PeerCall::AppendEntries | PeerCall::Vote | PeerCall::InstallSnapshot => {
-                unreachable!("raft calls are served by serve_raft_call")
+                serve_raft_call(&self.raft, call, payload).await
             }
         }
     }

@@ -207,13 +207,15 @@ where
 }
 
 /// Serves an incoming Raft call (append entries, vote, snapshot chunk) on the local `raft`, returning
-/// the encoded `Result` the sending [`PeerConnection`] expects. Returns `None` for non-Raft calls.
-pub async fn serve_raft_call(raft: &Raft, call: PeerCall, payload: &[u8]) -> Option<Result<Vec<u8>, PeerCallError>> {
-    let reply = match call {
+/// the encoded `Result` the sending [`PeerConnection`] expects. The cluster's own calls are not Raft's
+/// and are refused here.
+pub async fn serve_raft_call(raft: &Raft, call: PeerCall, payload: &[u8]) -> Result<Vec<u8>, PeerCallError> {
+    match call {
         PeerCall::AppendEntries => decode_then(call, payload, |r| raft.append_entries(r)).await,
         PeerCall::Vote => decode_then(call, payload, |r| raft.vote(r)).await,
         PeerCall::InstallSnapshot => decode_then(call, payload, |r| raft.install_snapshot(r)).await,
-        PeerCall::Forward | PeerCall::ReadIndex | PeerCall::NodeStatus => return None,
-    };
-    Some(reply)
+        PeerCall::Forward | PeerCall::ReadIndex | PeerCall::NodeStatus => {
+            Err(PeerCallError::BadRequest { call, reason: "not a Raft call".into() })
+        }
+    }
 }
