@@ -32,6 +32,8 @@ async fn writes_through_a_follower_survive_a_killed_leader_and_a_restarted_repli
     let status = cluster.status(leader).await.unwrap();
     let active: Vec<u64> = status.replicas.iter().filter(|r| r.leader_services_active).map(|r| r.node_id).collect();
     assert_eq!(active, vec![leader]);
+    let me = status.replicas.iter().find(|r| r.node_id == leader).unwrap();
+    assert!(me.leader_activations >= 1, "{me:?}");
 
     // Writes sent to a follower are forwarded, and the reply says who served them.
     let follower = cluster.follower_of(leader);

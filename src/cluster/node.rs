@@ -65,6 +65,8 @@ pub struct ReplicaStatus {
     pub purged_index: u64,
     /// True while its leader-only services run.
     pub leader_services_active: bool,
+    /// How many times this process has started its leader-only services.
+    pub leader_activations: u64,
     /// Bytes its storage engine occupies on disk.
     pub data_dir_bytes: u64,
     /// Milliseconds since it last heard from a leader (0 on the leader).
@@ -216,6 +218,7 @@ impl ReplicaNode {
             snapshot_index: index(m.snapshot),
             purged_index: index(m.purged),
             leader_services_active: self.supervisor.active_term().is_some(),
+            leader_activations: self.supervisor.activations(),
             data_dir_bytes: self.engine.size_on_disk(),
             ms_since_leader_contact: self.ms_since_leader_contact(),
         }

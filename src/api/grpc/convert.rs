@@ -111,6 +111,7 @@ pub fn replica_status(
             snapshot_index: s.snapshot_index,
             purged_index: s.purged_index,
             leader_services_active: s.leader_services_active,
+            leader_activations: s.leader_activations,
             data_dir_bytes: s.data_dir_bytes,
             ms_since_leader_contact: s.ms_since_leader_contact,
         },
