@@ -115,7 +115,7 @@ impl ReplicaNode {
         let mut backoff = Duration::from_millis(10);
         loop {
             let budget = deadline.saturating_duration_since(Instant::now());
-            let leader_seen = self.metrics().current_leader;
+            let leader_seen = self.current_leader();
             let attempt = match leader_seen {
                 Some(leader) if leader == self.id => self.propose_as_leader(command.clone(), budget).await,
                 Some(leader) => self.forward_to(leader, command.clone(), budget).await,
@@ -155,7 +155,7 @@ impl ReplicaNode {
     /// Serves a write forwarded by a follower: one attempt, never forwarded again.
     pub async fn serve_forwarded(&self, request: ForwardRequest) -> Result<Written, ClusterError> {
         let budget = Duration::from_millis(request.budget_ms).min(self.config.timing.write_timeout);
-        match self.metrics().current_leader {
+        match self.current_leader() {
             Some(leader) if leader == self.id => {}
             leader => return Err(ClusterError::NotLeader { leader }),
         }
@@ -167,9 +167,9 @@ impl ReplicaNode {
     }
 
     fn lease_expired(&self) -> Option<String> {
-        let m = self.metrics();
         let lease = self.config.timing.leader_lease;
-        match m.millis_since_quorum_ack {
+        let since_quorum_ack = self.raft.metrics().borrow().millis_since_quorum_ack;
+        match since_quorum_ack {
             Some(ms) if u128::from(ms) <= lease.as_millis() => None,
             Some(ms) => Some(format!(
                 "leader {} has not heard from a majority of the {} replicas for {ms} ms (lease {} ms)",
@@ -265,7 +265,7 @@ impl ReplicaNode {
         let deadline = Instant::now() + self.config.timing.write_timeout;
         let mut backoff = Duration::from_millis(10);
         loop {
-            let leader_seen = self.metrics().current_leader;
+            let leader_seen = self.current_leader();
             let error = match leader_seen {
                 Some(leader) if leader == self.id => match self.serve_read_index().await {
                     Ok(index) => return Ok(index),

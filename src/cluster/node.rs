@@ -181,6 +181,11 @@ impl ReplicaNode {
         self.raft.metrics().borrow().clone()
     }
 
+    /// The leader this replica knows of, without copying the metrics (the write path asks on every call).
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
     /// The current members and their addresses.
     pub fn members(&self) -> BTreeMap<NodeId, Node> {
         let m = self.metrics();
