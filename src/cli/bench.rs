@@ -11,15 +11,17 @@
 //! in a small set per client (`c{client}-{n % 8}`) because a job holds at most 1024 keys.
 //!
 //! 1. **Writes**: for each client count of `--clients` and each target (the leader, then a follower,
-//!    which adds the forwarding hop), each client opens its own gRPC connection to that one replica and
-//!    keeps exactly one request in flight. After `--warmup-secs` it counts for `--duration-secs` the
+//!    which adds the forwarding hop), the clients share `--connections` HTTP/2 connections to that one
+//!    replica (like etcd's benchmark `--conns`) and each keeps exactly one request in flight. After `--warmup-secs` it counts for `--duration-secs` the
 //!    puts that complete, and records their latency in an HDR histogram. This is repeated `--repeat`
-//!    times; the report gives every run and the median of each figure over the runs.
+//!    times; the report gives every run and the median of each figure over the runs. Then the same load
+//!    of stale reads from the leader gives a baseline: a request with next to no work behind it, the
+//!    ceiling the machine puts on any request, and the writes' ratio to it.
 //! 2. **Failover** (only on a cluster the benchmark started itself, since it kills processes): four
 //!    writers write continuously through the followers; the leader is SIGKILLed; the failover time is
 //!    from the kill to the first put acknowledged among those *sent* after the kill (a put sent before
 //!    it says nothing about the new leader). Then the killed replica is restarted on its data and the
-//!    next round waits until it has caught up.
+//!    next round waits until it has caught up and the cluster has run healthy for a second.
 //! 3. **Memory**: each replica's resident set (`VmRSS`) after the write phase and at the end.
 //! 4. **Disk**: `--disk-writes` more puts, then each replica's data directory size (the files we find
 //!    and sled's own figure), then a `Compact` call on every replica (snapshot, purge the log), then
@@ -461,7 +463,6 @@ impl OwnedCluster {
         let mut child = r.child.take().ok_or_else(|| anyhow!("replica {id} is not running"))?;
         let killed_at = Instant::now();
         child.start_kill().with_context(|| format!("cannot kill replica {id}"))?;
-        tracing::debug!(replica = id, "killed");
         let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
         progress(&format!("killed replica {id} (leader) at unix ms {wall}"));
         let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;

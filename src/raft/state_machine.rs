@@ -56,9 +56,8 @@ impl StateHandle {
     }
 
     fn lock_read(&self) -> RwLockReadGuard<'_, SmData> {
-        // A poisoned lock means a panic elsewhere while holding it; the data is still a state after
-        // some whole batch because a batch is applied to a copy-free state only through `apply`,
-        // which does not panic.
+        // A poisoned lock means a panic elsewhere while holding it. The data is still consistent:
+        // writers only change it through `ClusterState::apply`, which never panics.
         self.0.read().unwrap_or_else(|p| p.into_inner())
     }
 
