@@ -11,7 +11,12 @@
 //! * [`cli`]: the `jm` command line (server, local cluster, job and cluster commands, bench).
 
 pub mod api;
+pub mod checkpoint;
 pub mod cli;
 pub mod cluster;
 pub mod dispatcher;
+pub mod job_master;
+pub mod jobgraph;
 pub mod raft;
+pub mod resource_manager;
+pub mod taskmanager;

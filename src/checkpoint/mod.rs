@@ -1,0 +1,1 @@
+//! Checkpoints: the coordinator's bookkeeping and the checkpoint storage layout.

@@ -1,0 +1,3 @@
+//! JobMasters: one per running job, on the leader only.
+
+pub mod restart;

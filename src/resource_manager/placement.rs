@@ -1,0 +1,1 @@
+//! Slot placement.

@@ -1,0 +1,3 @@
+//! The TaskManager process.
+
+pub mod runtime;
