@@ -90,7 +90,9 @@ pub fn retry_is_safe(command: &Command) -> bool {
         | Command::PutJobMetadata { .. }
         | Command::RecordJobResult { .. }
         | Command::TransitionJobStatus { .. }
-        | Command::RegisterTaskManager { .. } => true,
+        | Command::RegisterTaskManager { .. }
+        // The request id makes a second request find the first.
+        | Command::RequestSavepoint { .. } => true,
         // These allocate (an epoch, a checkpoint id) or may fail on the second try: the caller decides.
         _ => false,
     }

@@ -209,6 +209,30 @@ pub struct Savepoint {
     pub at_ms: u64,
 }
 
+/// The slots one connected component of a job's graph was deployed to (all on one TaskManager for now).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployedComponent {
+    /// Ids of the component's vertices.
+    pub vertices: Vec<String>,
+    /// The slots its subtasks run in; subtask slice `i` (subtask `i` of every vertex) runs in `slots[i]`.
+    pub slots: Vec<SlotId>,
+}
+
+/// How a requested savepoint ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SavepointOutcome {
+    /// The savepoint completed; it is also added to the job's savepoints.
+    Completed {
+        /// The savepoint.
+        savepoint: Savepoint,
+    },
+    /// It could not be taken.
+    Failed {
+        /// Why, for the user.
+        error: String,
+    },
+}
+
 // ---------------------------------------------------------------------------------------------------------------------
 // THE COMMAND ENUM IS AN ON-DISK FORMAT. bincode writes the *index* of the variant, so:
 //
@@ -373,6 +397,63 @@ pub enum Command {
         /// The commands, in the order they are applied.
         commands: Vec<Command>,
     },
+    /// Records a failure of a running job (a task or TaskManager failed, or resources are missing), and whether the
+    /// JobMaster restarts the job because of it. Kept in the job's bounded exception history.
+    RecordJobFailure {
+        /// The job.
+        job_id: JobId,
+        /// Epoch of the JobMaster issuing the command.
+        epoch: Epoch,
+        /// When the failure was noticed.
+        at_ms: u64,
+        /// What failed, for the user.
+        error: String,
+        /// Whether the job is restarted because of it (counted in the job's restarts).
+        restarting: bool,
+    },
+    /// Records where a deployment attempt of a job runs, on behalf of its JobMaster, before any task is deployed.
+    /// A later JobMaster adopts the running tasks of exactly this deployment.
+    RecordDeployment {
+        /// The job.
+        job_id: JobId,
+        /// Epoch of the JobMaster issuing the command.
+        epoch: Epoch,
+        /// The attempt number; greater than any earlier attempt of the job.
+        attempt: u32,
+        /// One entry per connected component; every slot must be leased to the job.
+        components: Vec<DeployedComponent>,
+        /// The checkpoint or savepoint directory the attempt restores from, if any.
+        restored_from: Option<String>,
+        /// When it was deployed.
+        at_ms: u64,
+    },
+    /// Asks the job's JobMaster for a savepoint (a client command: no epoch). Retrying with the same request id is
+    /// harmless.
+    RequestSavepoint {
+        /// The job.
+        job_id: JobId,
+        /// Client-chosen id of the request (Flink's trigger id), 1 to 256 bytes.
+        request_id: String,
+        /// Directory under which the savepoint is written; the cluster's default when absent.
+        target_dir: Option<String>,
+        /// Stop the job once the savepoint completed (Flink's stop-with-savepoint).
+        terminate: bool,
+        /// When it was requested.
+        at_ms: u64,
+    },
+    /// Records how a requested savepoint ended, on behalf of the job's JobMaster.
+    ResolveSavepointRequest {
+        /// The job.
+        job_id: JobId,
+        /// Epoch of the JobMaster issuing the command.
+        epoch: Epoch,
+        /// The request.
+        request_id: String,
+        /// Its outcome.
+        outcome: SavepointOutcome,
+        /// When it ended.
+        at_ms: u64,
+    },
     // New variants go here, at the end. Read the comment above the enum first.
 }
 
@@ -394,6 +475,10 @@ impl Command {
             Self::RecordJobResult { .. } => "record_job_result",
             Self::PutJobMetadata { .. } => "put_job_metadata",
             Self::Batch { .. } => "batch",
+            Self::RecordJobFailure { .. } => "record_job_failure",
+            Self::RecordDeployment { .. } => "record_deployment",
+            Self::RequestSavepoint { .. } => "request_savepoint",
+            Self::ResolveSavepointRequest { .. } => "resolve_savepoint_request",
         }
     }
 
@@ -410,7 +495,11 @@ impl Command {
             | Self::CompleteCheckpoint { job_id, .. }
             | Self::RecordSavepoint { job_id, .. }
             | Self::RecordJobResult { job_id, .. }
-            | Self::PutJobMetadata { job_id, .. } => Some(job_id),
+            | Self::PutJobMetadata { job_id, .. }
+            | Self::RecordJobFailure { job_id, .. }
+            | Self::RecordDeployment { job_id, .. }
+            | Self::RequestSavepoint { job_id, .. }
+            | Self::ResolveSavepointRequest { job_id, .. } => Some(job_id),
             Self::RegisterTaskManager { .. } | Self::UnregisterTaskManager { .. } | Self::Batch { .. } => None,
         }
     }
@@ -516,6 +605,36 @@ pub enum Response {
     Batch {
         /// One outcome per command.
         results: Vec<Result<Response, DeterministicError>>,
+    },
+    /// A `RecordJobFailure` was accepted.
+    JobFailureRecorded {
+        /// The job.
+        job_id: JobId,
+        /// Restarts of the job so far.
+        restarts: u32,
+    },
+    /// A `RecordDeployment` was accepted.
+    DeploymentRecorded {
+        /// The job.
+        job_id: JobId,
+        /// The attempt recorded.
+        attempt: u32,
+    },
+    /// A `RequestSavepoint` was accepted.
+    SavepointRequested {
+        /// The job.
+        job_id: JobId,
+        /// The request id.
+        request_id: String,
+        /// False when a request with this id already existed.
+        created: bool,
+    },
+    /// A `ResolveSavepointRequest` was accepted.
+    SavepointRequestResolved {
+        /// The job.
+        job_id: JobId,
+        /// The request id.
+        request_id: String,
     },
 }
 
@@ -886,6 +1005,68 @@ mod tests {
         assert_golden(
             Response::Batch { results: vec![Ok(Response::MetadataPut { job_id: job(), key: "k".to_string() })] },
             "0d01000c203031323334353637383961626364656630313233343536373839616263646566016b",
+        );
+    }
+
+    #[test]
+    fn golden_record_job_failure() {
+        assert_golden(
+            Command::RecordJobFailure {
+                job_id: job(),
+                epoch: 2,
+                at_ms: 5,
+                error: "tm lost".to_string(),
+                restarting: true,
+            },
+            "0e203031323334353637383961626364656630313233343536373839616263646566020507746d206c6f737401",
+        );
+    }
+
+    #[test]
+    fn golden_record_deployment() {
+        assert_golden(
+            Command::RecordDeployment {
+                job_id: job(),
+                epoch: 2,
+                attempt: 3,
+                components: vec![DeployedComponent { vertices: vec!["src".to_string()], slots: vec![slot(0)] }],
+                restored_from: Some("/ck/chk-4".to_string()),
+                at_ms: 6,
+            },
+            "0f20303132333435363738396162636465663031323334353637383961626364656602030101037372630104746d2d310001092f636b2f63686b2d3406",
+        );
+    }
+
+    #[test]
+    fn golden_request_savepoint() {
+        assert_golden(
+            Command::RequestSavepoint {
+                job_id: job(),
+                request_id: "r1".to_string(),
+                target_dir: None,
+                terminate: true,
+                at_ms: 7,
+            },
+            "10203031323334353637383961626364656630313233343536373839616263646566027231000107",
+        );
+    }
+
+    #[test]
+    fn golden_resolve_savepoint_request() {
+        let savepoint = Savepoint { checkpoint_id: 4, path: "/sp/1".to_string(), at_ms: 8 };
+        assert_golden(
+            Command::ResolveSavepointRequest {
+                job_id: job(),
+                epoch: 2,
+                request_id: "r1".to_string(),
+                outcome: SavepointOutcome::Completed { savepoint },
+                at_ms: 9,
+            },
+            "11203031323334353637383961626364656630313233343536373839616263646566020272310004052f73702f310809",
+        );
+        assert_golden(
+            Response::SavepointRequested { job_id: job(), request_id: "r1".to_string(), created: true },
+            "1020303132333435363738396162636465663031323334353637383961626364656602723101",
         );
     }
 

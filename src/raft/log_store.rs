@@ -36,8 +36,9 @@ use super::storage::{Engine, StoreError};
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// Version of everything this replica writes to its data dir. A replica refuses a data dir written
-/// with another version instead of misreading it.
-pub const STORAGE_FORMAT_VERSION: u8 = 1;
+/// with another version instead of misreading it. Version 2 added the job runtime fields (exceptions, restarts,
+/// deployment, savepoint requests) to the snapshot; no release ever wrote version 1, so there is no migration.
+pub const STORAGE_FORMAT_VERSION: u8 = 2;
 
 /// Default memory budget for log entries kept decoded in memory.
 pub const DEFAULT_LOG_CACHE_BYTES: usize = 8 * 1024 * 1024;

@@ -42,10 +42,18 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::command::{
-    CheckpointId, Command, CompletedCheckpoint, DeterministicError, Epoch, JobId, JobStatus, LogIndex, Response,
-    Savepoint, SlotId, TaskManagerId, MAX_METADATA_KEYS_PER_JOB, MAX_METADATA_KEY_BYTES, MAX_METADATA_VALUE_BYTES,
-    MAX_NAME_BYTES, MAX_RETAINED_CHECKPOINTS, MAX_SLOTS_PER_TASK_MANAGER, MAX_STATUS_HISTORY,
+    CheckpointId, Command, CompletedCheckpoint, DeployedComponent, DeterministicError, Epoch, JobId, JobStatus,
+    LogIndex, Response, Savepoint, SavepointOutcome, SlotId, TaskManagerId, MAX_METADATA_KEYS_PER_JOB,
+    MAX_METADATA_KEY_BYTES, MAX_METADATA_VALUE_BYTES, MAX_NAME_BYTES, MAX_RETAINED_CHECKPOINTS,
+    MAX_SLOTS_PER_TASK_MANAGER, MAX_STATUS_HISTORY,
 };
+
+/// Most failures kept per job (Flink's exception history); older ones are dropped first.
+pub const MAX_EXCEPTIONS: usize = 32;
+/// Most savepoint requests kept per job; the oldest resolved ones are dropped first.
+pub const MAX_SAVEPOINT_REQUESTS: usize = 32;
+/// Longest failure message kept, in bytes; longer ones are truncated.
+pub const MAX_ERROR_BYTES: usize = 4096;
 
 /// The state every replica holds and agrees on, built by applying the Raft log. It is also the snapshot format.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +107,55 @@ pub struct Job {
     pub result: Option<JobResult>,
     /// Small key/value pairs attached by clients or tools.
     pub metadata: BTreeMap<String, Vec<u8>>,
+    /// The most recent failures, oldest first (at most [`MAX_EXCEPTIONS`]).
+    pub exceptions: VecDeque<JobException>,
+    /// How many times the job was restarted after a failure.
+    pub restarts: u32,
+    /// The current (or last) deployment attempt: where its tasks run.
+    pub deployment: Option<JobDeployment>,
+    /// Savepoint requests by request id (at most [`MAX_SAVEPOINT_REQUESTS`]).
+    pub savepoint_requests: BTreeMap<String, SavepointRequest>,
+}
+
+/// One failure of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobException {
+    /// When it was noticed.
+    pub at_ms: u64,
+    /// What failed.
+    pub error: String,
+    /// Whether the job was restarted because of it.
+    pub restarting: bool,
+}
+
+/// Where a deployment attempt of a job runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobDeployment {
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// The JobMaster epoch that deployed it.
+    pub epoch: Epoch,
+    /// The slots of each connected component.
+    pub components: Vec<DeployedComponent>,
+    /// The checkpoint or savepoint directory it restored from.
+    pub restored_from: Option<String>,
+    /// When it was deployed.
+    pub at_ms: u64,
+}
+
+/// A savepoint asked for by a client, and how it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavepointRequest {
+    /// Where to write it; the cluster's default when absent.
+    pub target_dir: Option<String>,
+    /// Whether the job stops after it.
+    pub terminate: bool,
+    /// When it was requested.
+    pub requested_at_ms: u64,
+    /// How it ended; `None` while in progress.
+    pub outcome: Option<SavepointOutcome>,
+    /// When it ended.
+    pub resolved_at_ms: Option<u64>,
 }
 
 /// One entry of a job's status history.
@@ -216,6 +273,26 @@ impl ClusterState {
             Command::PutJobMetadata { job_id, key, value, at_ms } => {
                 self.apply_put_job_metadata(job_id, key, value, at_ms)
             }
+            Command::RecordJobFailure { job_id, epoch, at_ms, error, restarting } => {
+                self.apply_record_job_failure(job_id, epoch, at_ms, error, restarting)
+            }
+            Command::RecordDeployment { job_id, epoch, attempt, components, restored_from, at_ms } => {
+                let deployment = JobDeployment { attempt, epoch, components, restored_from, at_ms };
+                self.apply_record_deployment(job_id, deployment)
+            }
+            Command::RequestSavepoint { job_id, request_id, target_dir, terminate, at_ms } => {
+                let request = SavepointRequest {
+                    target_dir,
+                    terminate,
+                    requested_at_ms: at_ms,
+                    outcome: None,
+                    resolved_at_ms: None,
+                };
+                self.apply_request_savepoint(job_id, request_id, request)
+            }
+            Command::ResolveSavepointRequest { job_id, epoch, request_id, outcome, at_ms } => {
+                self.apply_resolve_savepoint_request(job_id, epoch, request_id, outcome, at_ms)
+            }
         }
     }
 
@@ -254,6 +331,10 @@ impl ClusterState {
             }]),
             result: None,
             metadata: BTreeMap::new(),
+            exceptions: VecDeque::new(),
+            restarts: 0,
+            deployment: None,
+            savepoint_requests: BTreeMap::new(),
         };
         self.idempotency_keys.insert(s.idempotency_key, s.job_id.clone());
         self.jobs.insert(s.job_id.clone(), job);
@@ -495,6 +576,129 @@ impl ClusterState {
         Ok(Response::MetadataPut { job_id, key })
     }
 
+    fn apply_record_job_failure(
+        &mut self,
+        job_id: JobId,
+        epoch: Epoch,
+        at_ms: u64,
+        error: String,
+        restarting: bool,
+    ) -> Result<Response, DeterministicError> {
+        let job = self.job_mut(&job_id)?;
+        check_live_at_epoch(job, epoch)?;
+        if restarting {
+            job.restarts = job.restarts.checked_add(1).ok_or_else(|| exhausted("restarts"))?;
+        }
+        job.exceptions.push_back(JobException { at_ms, error: truncate_utf8(error, MAX_ERROR_BYTES), restarting });
+        while job.exceptions.len() > MAX_EXCEPTIONS {
+            job.exceptions.pop_front();
+        }
+        job.updated_at_ms = at_ms;
+        Ok(Response::JobFailureRecorded { job_id, restarts: job.restarts })
+    }
+
+    fn apply_record_deployment(
+        &mut self,
+        job_id: JobId,
+        deployment: JobDeployment,
+    ) -> Result<Response, DeterministicError> {
+        let job = self.job_ref(&job_id)?;
+        check_live_at_epoch(job, deployment.epoch)?;
+        let previous = job.deployment.as_ref().map_or(0, |d| d.attempt);
+        if deployment.attempt <= previous {
+            let reason = format!("attempt {} is not after the job's attempt {previous}", deployment.attempt);
+            return Err(DeterministicError::invalid("attempt", reason));
+        }
+        if deployment.components.is_empty() || deployment.components.iter().any(|c| c.slots.is_empty()) {
+            return Err(DeterministicError::invalid("components", "every component needs at least one slot"));
+        }
+        let slots: Vec<SlotId> = deployment.components.iter().flat_map(|c| c.slots.iter().cloned()).collect();
+        check_distinct_slots(&slots)?;
+        if let Some(slot) = slots.iter().find(|slot| !self.is_leased_to(slot, &job_id)) {
+            return Err(DeterministicError::SlotNotHeld { slot: slot.clone(), job_id });
+        }
+        let attempt = deployment.attempt;
+        let job = self.job_mut(&job_id)?;
+        job.updated_at_ms = deployment.at_ms;
+        job.deployment = Some(deployment);
+        Ok(Response::DeploymentRecorded { job_id, attempt })
+    }
+
+    fn apply_request_savepoint(
+        &mut self,
+        job_id: JobId,
+        request_id: String,
+        request: SavepointRequest,
+    ) -> Result<Response, DeterministicError> {
+        check_text("request_id", &request_id, MAX_NAME_BYTES)?;
+        if let Some(dir) = &request.target_dir {
+            check_text("target_dir", dir, MAX_ERROR_BYTES)?;
+        }
+        let job = self.job_mut(&job_id)?;
+        if job.savepoint_requests.contains_key(&request_id) {
+            return Ok(Response::SavepointRequested { job_id, request_id, created: false });
+        }
+        check_live(job)?;
+        if job.savepoint_requests.len() >= MAX_SAVEPOINT_REQUESTS {
+            let oldest_resolved = job
+                .savepoint_requests
+                .iter()
+                .filter(|(_, r)| r.outcome.is_some())
+                .min_by_key(|(id, r)| (r.requested_at_ms, (*id).clone()));
+            match oldest_resolved.map(|(id, _)| id.clone()) {
+                Some(id) => {
+                    job.savepoint_requests.remove(&id);
+                }
+                None => {
+                    let reason = format!("job {job_id} already has {MAX_SAVEPOINT_REQUESTS} savepoints in progress");
+                    return Err(DeterministicError::invalid("request_id", reason));
+                }
+            }
+        }
+        job.updated_at_ms = request.requested_at_ms;
+        job.savepoint_requests.insert(request_id.clone(), request);
+        Ok(Response::SavepointRequested { job_id, request_id, created: true })
+    }
+
+    fn apply_resolve_savepoint_request(
+        &mut self,
+        job_id: JobId,
+        epoch: Epoch,
+        request_id: String,
+        outcome: SavepointOutcome,
+        at_ms: u64,
+    ) -> Result<Response, DeterministicError> {
+        let job = self.job_ref(&job_id)?;
+        // A stop-with-savepoint resolves its request after the job finished: only the epoch is checked.
+        check_epoch(job, epoch)?;
+        let Some(request) = job.savepoint_requests.get(&request_id) else {
+            let reason = format!("job {job_id} has no savepoint request {request_id}");
+            return Err(DeterministicError::invalid("request_id", reason));
+        };
+        if let Some(existing) = &request.outcome {
+            if *existing == outcome {
+                return Ok(Response::SavepointRequestResolved { job_id, request_id });
+            }
+            return Err(DeterministicError::invalid(
+                "request_id",
+                format!("savepoint request {request_id} already ended"),
+            ));
+        }
+        if let SavepointOutcome::Completed { savepoint } = &outcome {
+            check_checkpoint_allocated(job, savepoint.checkpoint_id)?;
+        }
+        let job = self.job_mut(&job_id)?;
+        if let SavepointOutcome::Completed { savepoint } = &outcome {
+            job.savepoints.push(savepoint.clone());
+        }
+        job.updated_at_ms = at_ms;
+        if let Some(request) = job.savepoint_requests.get_mut(&request_id) {
+            request.outcome = Some(outcome);
+            request.resolved_at_ms = Some(at_ms);
+        }
+        Ok(Response::SavepointRequestResolved { job_id, request_id })
+    }
+
     /// Applies each command of a batch in order, with its own outcome. The batch as a whole always succeeds.
     fn apply_batch(&mut self, index: LogIndex, commands: Vec<Command>) -> Response {
         let results = commands
@@ -681,7 +885,21 @@ impl Job {
 /// A job nobody is running yet (no JobMaster was ever granted, or none has started its tasks) can be cancelled on
 /// the spot; otherwise its JobMaster has tasks to stop first.
 fn can_cancel_outright(job: &Job) -> bool {
-    matches!(job.status, JobStatus::Created | JobStatus::Initializing) || job.epoch == 0
+    job.epoch == 0 || (matches!(job.status, JobStatus::Created | JobStatus::Initializing) && job.deployment.is_none())
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut.
+fn truncate_utf8(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str("...");
+    text
 }
 
 /// Fences off JobMasters other than the current one.
@@ -775,7 +993,27 @@ fn check_job(id: &str, job: &Job) -> Result<(), String> {
     }
     check_job_checkpoints(job)?;
     check_job_status(job)?;
-    check_job_metadata(job)
+    check_job_metadata(job)?;
+    check_job_runtime(job)
+}
+
+fn check_job_runtime(job: &Job) -> Result<(), String> {
+    let id = &job.id;
+    if job.exceptions.len() > MAX_EXCEPTIONS {
+        return Err(format!("job {id} has {} exceptions", job.exceptions.len()));
+    }
+    if job.savepoint_requests.len() > MAX_SAVEPOINT_REQUESTS {
+        return Err(format!("job {id} has {} savepoint requests", job.savepoint_requests.len()));
+    }
+    if let Some(deployment) = &job.deployment {
+        if deployment.attempt == 0 || deployment.epoch > job.epoch {
+            return Err(format!(
+                "job {id} has deployment attempt {} at epoch {}",
+                deployment.attempt, deployment.epoch
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_job_checkpoints(job: &Job) -> Result<(), String> {
