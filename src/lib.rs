@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod dispatcher;
 pub mod job_master;
 pub mod jobgraph;
+pub mod leader;
 pub mod raft;
 pub mod resource_manager;
 pub mod taskmanager;

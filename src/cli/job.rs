@@ -1,4 +1,4 @@
-//! `jm job submit|list|get|cancel`.
+//! `jm job submit|list|get|cancel|savepoint|stop` and `jm taskmanagers`.
 
 use std::path::PathBuf;
 
@@ -45,6 +45,37 @@ pub enum JobCommand {
     Cancel {
         /// The job id.
         id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Take a savepoint of a running job and print its path.
+    #[command(after_help = "Example:\n  jm job savepoint 6f1c... --dir /shared/savepoints")]
+    Savepoint {
+        /// The job id.
+        id: String,
+        /// Directory to write it under (absolute, shared with the TaskManagers); default: the cluster's.
+        #[arg(long)]
+        dir: Option<String>,
+        /// Return once the request is recorded instead of waiting for the savepoint.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait, in seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop a job with a savepoint (it ends FINISHED) and print the savepoint's path, to restore from later.
+    #[command(after_help = "Example:\n  jm job stop 6f1c... && jm job submit job-with-savepoint-path.yaml")]
+    Stop {
+        /// The job id.
+        id: String,
+        /// Directory to write the savepoint under; default: the cluster's.
+        #[arg(long)]
+        dir: Option<String>,
+        /// How long to wait, in seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -130,6 +161,12 @@ pub async fn run(cmd: JobCommand) -> Result<()> {
                 Format::Table => print_job(&job),
             }
         }
+        JobCommand::Savepoint { id, dir, no_wait, timeout, client } => {
+            savepoint(id, dir, false, !no_wait, timeout, client).await?;
+        }
+        JobCommand::Stop { id, dir, timeout, client } => {
+            savepoint(id, dir, true, true, timeout, client).await?;
+        }
         JobCommand::Cancel { id, client } => {
             let reply = client
                 .client()
@@ -142,6 +179,88 @@ pub async fn run(cmd: JobCommand) -> Result<()> {
                 Format::Json => print_json(&json!({"job_id": reply.job_id, "status": reply.status})),
                 Format::Table => println!("Job {} is {}.", reply.job_id, reply.status),
             }
+        }
+    }
+    Ok(())
+}
+
+/// Triggers a savepoint (stopping the job when `terminate`) and waits for its outcome.
+async fn savepoint(id: String, dir: Option<String>, terminate: bool, wait: bool, timeout: u64, client: ClientArgs) -> Result<()> {
+    let cluster = client.client();
+    let request_id = crate::dispatcher::new_request_id();
+    let request = pb::TriggerSavepointRequest {
+        job_id: id.clone(),
+        target_dir: dir.unwrap_or_default(),
+        terminate,
+        request_id: request_id.clone(),
+    };
+    cluster
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.trigger_savepoint(request).await }
+        })
+        .await?;
+    if !wait {
+        match client.output {
+            Format::Json => print_json(&json!({"job_id": id, "request_id": request_id, "status": "IN_PROGRESS"})),
+            Format::Table => println!("Savepoint {request_id} of job {id} requested."),
+        }
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    loop {
+        let query = pb::GetSavepointRequest { job_id: id.clone(), request_id: request_id.clone(), consistency: 0 };
+        let reply = cluster
+            .call(|mut c| {
+                let query = query.clone();
+                async move { c.get_savepoint(query).await }
+            })
+            .await?;
+        match reply.status.as_str() {
+            "COMPLETED" => {
+                match client.output {
+                    Format::Json => print_json(&json!({
+                        "job_id": id, "request_id": request_id, "status": "COMPLETED", "path": reply.path,
+                        "checkpoint_id": reply.checkpoint_id, "stopped": terminate,
+                    })),
+                    Format::Table if terminate => println!("Job {id} stopped with savepoint {}", reply.path),
+                    Format::Table => println!("Savepoint of job {id} completed: {}", reply.path),
+                }
+                return Ok(());
+            }
+            "FAILED" => anyhow::bail!("savepoint of job {id} failed: {}", reply.error),
+            _ if tokio::time::Instant::now() >= deadline => {
+                anyhow::bail!("savepoint {request_id} of job {id} still in progress after {timeout} s")
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// `jm taskmanagers`: registered TaskManagers and their slots.
+pub async fn list_task_managers(client: ClientArgs) -> Result<()> {
+    let reply = client
+        .client()
+        .call(|mut c| async move { c.list_task_managers(pb::ListTaskManagersRequest { consistency: 0 }).await })
+        .await?;
+    match client.output {
+        Format::Json => print_json(&json!({
+            "task_managers": reply.task_managers.iter().map(|t| json!({
+                "tm_id": t.tm_id, "address": t.address, "slots": t.slots, "free_slots": t.free_slots,
+                "zone": if t.zone.is_empty() { Value::Null } else { Value::String(t.zone.clone()) },
+                "registered_at_ms": t.registered_at_ms, "updated_at_ms": t.updated_at_ms,
+            })).collect::<Vec<_>>(),
+        })),
+        Format::Table if reply.task_managers.is_empty() => println!("No TaskManagers registered."),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = reply
+                .task_managers
+                .iter()
+                .map(|t| {
+                    vec![t.tm_id.clone(), t.address.clone(), format!("{}/{}", t.free_slots, t.slots), t.zone.clone()]
+                })
+                .collect();
+            println!("{}", table(&["TASKMANAGER", "ADDRESS", "FREE/SLOTS", "ZONE"], &rows));
         }
     }
     Ok(())
@@ -161,6 +280,10 @@ fn print_job(job: &pb::Job) {
             format!("{} (max {})", job.checkpoints.len(), job.max_retained_checkpoints),
         ],
         vec!["Savepoints".into(), job.savepoints.len().to_string()],
+        vec!["Attempt".into(), job.attempt.to_string()],
+        vec!["Restarts".into(), job.restarts.to_string()],
+        vec!["Slots".into(), job.slots.join(", ")],
+        vec!["Restored from".into(), job.restored_from.clone()],
     ];
     println!("{}", table(&["FIELD", "VALUE"], &rows));
     if !job.error.is_empty() {
@@ -170,6 +293,15 @@ fn print_job(job: &pb::Job) {
     let history: Vec<Vec<String>> =
         job.history.iter().map(|h| vec![timestamp(h.at_ms), h.status.clone(), h.reason.clone()]).collect();
     println!("{}", table(&["AT (UTC)", "STATUS", "REASON"], &history));
+    if !job.exceptions.is_empty() {
+        println!("\nRecent exceptions:");
+        let rows: Vec<Vec<String>> = job
+            .exceptions
+            .iter()
+            .map(|e| vec![timestamp(e.at_ms), if e.restarting { "yes" } else { "no" }.into(), e.error.clone()])
+            .collect();
+        println!("{}", table(&["AT (UTC)", "RESTARTED", "ERROR"], &rows));
+    }
 }
 
 fn summary_json(j: &pb::JobSummary) -> Value {
@@ -209,6 +341,11 @@ fn job_json(j: &pb::Job, read: Option<&pb::ReadInfo>) -> Value {
         })).collect::<Vec<_>>(),
         "error": if j.error.is_empty() { Value::Null } else { Value::String(j.error.clone()) },
         "metadata_keys": j.metadata_keys,
+        "attempt": j.attempt, "restarts": j.restarts, "slots": j.slots,
+        "restored_from": if j.restored_from.is_empty() { Value::Null } else { Value::String(j.restored_from.clone()) },
+        "exceptions": j.exceptions.iter().map(|e| json!({
+            "at_ms": e.at_ms, "error": e.error, "restarting": e.restarting,
+        })).collect::<Vec<_>>(),
         "read": read_json(read),
     })
 }

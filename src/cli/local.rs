@@ -1,7 +1,10 @@
-//! `jm local`: a 3-replica cluster on this machine, as child processes of one command.
+//! `jm local`: a 3-replica cluster and two TaskManagers on this machine, as child processes of one command, running
+//! an example job.
 //!
 //! Each replica is a real `jm server` process with its data under `DIR/node-N` and its log in
-//! `DIR/node-N/server.log`. `DIR/cluster.json` lists every process started (role, node id, pid,
+//! `DIR/node-N/server.log`; each TaskManager a `jm taskmanager` with its id and log under `DIR/tm-N`. Checkpoints
+//! go to `DIR/checkpoints`. Unless `--no-example` is given, the example job `docs/examples/sequence-count.yaml` is
+//! submitted once (a fixed idempotency key makes a restart find it instead of submitting it again). `DIR/cluster.json` lists every process started (role, node id, pid,
 //! addresses) for scripts and tests. Restarting `jm local` on the same directory reuses the addresses
 //! recorded there, because the replicated membership remembers them.
 //!
@@ -33,18 +36,32 @@ pub struct LocalArgs {
     /// Extra flags for every `jm server`, e.g. "--heartbeat-ms 50".
     #[arg(long, allow_hyphen_values = true)]
     pub server_args: Option<String>,
+    /// How many TaskManagers to start.
+    #[arg(long, default_value_t = 2)]
+    pub task_managers: u32,
+    /// Slots per TaskManager.
+    #[arg(long, default_value_t = 4)]
+    pub slots: u32,
+    /// Do not submit the example job.
+    #[arg(long)]
+    pub no_example: bool,
 }
+
+/// The example job `jm local` submits.
+pub const EXAMPLE_JOB: &str = include_str!("../../docs/examples/sequence-count.yaml");
+/// Its idempotency key: restarting `jm local` on the same directory finds the job instead of submitting it again.
+const EXAMPLE_KEY: &str = "jm-local-example-sequence-count";
 
 /// One process `jm local` started, as written to `cluster.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessInfo {
-    /// `replica` (TaskManagers come later).
+    /// `replica` or `taskmanager`.
     pub role: String,
-    /// The replica's node id.
+    /// The replica's node id, or the TaskManager's number from 1.
     pub node_id: u64,
     /// Its process id.
     pub pid: u32,
-    /// Its client gRPC API address.
+    /// Its client gRPC API address (a TaskManager's command address).
     pub grpc_addr: String,
     /// Its peer (Raft) address.
     pub raft_addr: String,
@@ -66,9 +83,14 @@ pub struct ClusterFile {
 }
 
 impl ClusterFile {
-    /// The client API addresses, comma-separated.
+    /// The replicas' client API addresses, comma-separated.
     pub fn grpc_addrs(&self) -> String {
-        self.processes.iter().map(|p| p.grpc_addr.as_str()).collect::<Vec<_>>().join(",")
+        self.replicas().map(|p| p.grpc_addr.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The replica processes.
+    pub fn replicas(&self) -> impl Iterator<Item = &ProcessInfo> {
+        self.processes.iter().filter(|p| p.role == "replica")
     }
 }
 
@@ -120,6 +142,43 @@ pub fn spawn_replica(exe: &Path, dir: &Path, spec: &ReplicaSpec<'_>) -> Result<(
     Ok((info, child))
 }
 
+/// Starts `exe taskmanager` as a child process with its data and `taskmanager.log` in `dir`, serving on `listen`.
+pub fn spawn_task_manager(
+    exe: &Path,
+    dir: &Path,
+    number: u64,
+    cluster: &str,
+    listen: &str,
+    slots: u32,
+) -> Result<(ProcessInfo, Child)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let log_path = dir.join("taskmanager.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let child = Command::new(exe)
+        .arg("taskmanager")
+        .args(["--cluster", cluster, "--listen", listen, "--slots", &slots.to_string()])
+        .arg("--data-dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start TaskManager {number}"))?;
+    let pid = child.id().ok_or_else(|| anyhow!("TaskManager {number} exited at once"))?;
+    let info = ProcessInfo {
+        role: "taskmanager".into(),
+        node_id: number,
+        pid,
+        grpc_addr: listen.to_string(),
+        raft_addr: String::new(),
+        data_dir: dir.to_path_buf(),
+        log: log_path,
+        alive: true,
+    };
+    Ok((info, child))
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
@@ -128,14 +187,15 @@ pub fn free_port() -> Result<u16> {
 
 fn addresses(args: &LocalArgs, previous: Option<&ClusterFile>) -> Result<Vec<(u64, String, String)>> {
     if let Some(prev) = previous {
-        if prev.processes.len() as u64 == args.replicas {
-            return Ok(prev.processes.iter().map(|p| (p.node_id, p.grpc_addr.clone(), p.raft_addr.clone())).collect());
+        let replicas: Vec<&ProcessInfo> = prev.replicas().collect();
+        if replicas.len() as u64 == args.replicas {
+            return Ok(replicas.iter().map(|p| (p.node_id, p.grpc_addr.clone(), p.raft_addr.clone())).collect());
         }
         bail!(
             "{} holds a {}-replica cluster; use --replicas {} or another --data-dir",
             args.data_dir.display(),
-            prev.processes.len(),
-            prev.processes.len()
+            replicas.len(),
+            replicas.len()
         );
     }
     (1..=args.replicas)
@@ -172,12 +232,21 @@ pub async fn run(args: LocalArgs) -> Result<()> {
     let peers: Vec<String> = addrs.iter().map(|(id, api, raft)| format!("{id}={raft}/{api}")).collect();
     let peers = peers.join(",");
     let exe = std::env::current_exe().context("cannot find the jm binary")?;
-    let extra: Vec<String> = args.server_args.as_deref().unwrap_or("").split_whitespace().map(str::to_string).collect();
+    let mut extra: Vec<String> =
+        args.server_args.as_deref().unwrap_or("").split_whitespace().map(str::to_string).collect();
+    extra.push("--checkpoint-dir".into());
+    extra.push(data_dir.join("checkpoints").to_string_lossy().into_owned());
 
     let mut children: Vec<(ProcessInfo, Child)> = Vec::new();
     for (id, api, raft) in &addrs {
         let spec = ReplicaSpec { id: *id, api_addr: api, raft_addr: raft, peers: &peers, extra: &extra };
         children.push(spawn_replica(&exe, &data_dir.join(format!("node-{id}")), &spec)?);
+    }
+    let cluster_addrs: Vec<String> = addrs.iter().map(|(_, api, _)| api.clone()).collect();
+    for number in 1..=u64::from(args.task_managers) {
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        let dir = data_dir.join(format!("tm-{number}"));
+        children.push(spawn_task_manager(&exe, &dir, number, &cluster_addrs.join(","), &listen, args.slots)?);
     }
     let mut file =
         ClusterFile { data_dir: data_dir.clone(), processes: children.iter().map(|(p, _)| p.clone()).collect() };
@@ -185,7 +254,11 @@ pub async fn run(args: LocalArgs) -> Result<()> {
 
     let client = ClusterClient::new(addrs.iter().map(|(_, api, _)| api.clone()).collect());
     let leader = wait_for_leader(&client, Duration::from_secs(30)).await;
-    print_banner(&file, &exe, leader, args.base_port == 6123);
+    let example = match (args.no_example, leader) {
+        (false, Some(_)) => Some(submit_example(&client).await),
+        _ => None,
+    };
+    print_banner(&file, &exe, leader, args.base_port == 6123, example);
 
     supervise(&mut children, &mut file, &cluster_path).await
 }
@@ -204,17 +277,34 @@ pub async fn wait_for_leader(client: &ClusterClient, timeout: Duration) -> Optio
     None
 }
 
-fn print_banner(file: &ClusterFile, exe: &Path, leader: Option<(u64, u64)>, default_ports: bool) {
-    println!("jm local: {} replicas running, data in {}", file.processes.len(), file.data_dir.display());
+/// Submits the example job (once per cluster); returns its id or why it failed.
+async fn submit_example(client: &ClusterClient) -> Result<String, String> {
+    let request = pb::SubmitJobRequest { spec: EXAMPLE_JOB.as_bytes().to_vec(), idempotency_key: EXAMPLE_KEY.into() };
+    let reply = client.call(|mut c| {
+        let request = request.clone();
+        async move { c.submit_job(request).await }
+    });
+    reply.await.map(|r| r.job_id).map_err(|e| e.to_string())
+}
+
+fn print_banner(
+    file: &ClusterFile,
+    exe: &Path,
+    leader: Option<(u64, u64)>,
+    default_ports: bool,
+    example: Option<Result<String, String>>,
+) {
+    let replicas = file.replicas().count();
+    let tms = file.processes.len() - replicas;
+    println!("jm local: {replicas} replicas and {tms} TaskManagers running, data in {}", file.data_dir.display());
     for p in &file.processes {
-        println!(
-            "  replica {}  pid {:<7}  api {}  raft {}  log {}",
-            p.node_id,
-            p.pid,
-            p.grpc_addr,
-            p.raft_addr,
-            p.log.display()
-        );
+        if p.role == "replica" {
+            let (id, pid, api, raft, log) = (p.node_id, p.pid, &p.grpc_addr, &p.raft_addr, p.log.display());
+            println!("  replica {id}      pid {pid:<7}  api {api}  raft {raft}  log {log}");
+        } else {
+            let (n, pid, addr, log) = (p.node_id, p.pid, &p.grpc_addr, p.log.display());
+            println!("  taskmanager {n}  pid {pid:<7}  rpc {addr}  log {log}");
+        }
     }
     match leader {
         Some((id, term)) => println!("Leader: replica {id} (term {term})"),
@@ -222,10 +312,21 @@ fn print_banner(file: &ClusterFile, exe: &Path, leader: Option<(u64, u64)>, defa
     }
     let jm = exe.display();
     let cluster = if default_ports { String::new() } else { format!(" --cluster {}", file.grpc_addrs()) };
+    match example {
+        Some(Ok(job_id)) => {
+            println!("\nExample job {job_id} (docs/examples/sequence-count.yaml) submitted. Watch it:");
+            println!("  {jm} job get {job_id}{cluster}");
+            println!("  cat /tmp/jm-example-output/part-*      # committed output, grows with every checkpoint");
+            println!("  kill -9 <leader pid>                   # the job keeps running, nothing restarts");
+        }
+        Some(Err(e)) => println!("\nThe example job could not be submitted: {e}"),
+        None => {}
+    }
     println!("\nTry, in another terminal:");
     println!("  {jm} cluster status{cluster}");
-    println!("  printf 'name: my-first-job\\n' > job.yaml && {jm} job submit job.yaml{cluster}");
+    println!("  {jm} job submit docs/examples/fraud-detection.yaml{cluster}");
     println!("  {jm} job list{cluster}");
+    println!("  {jm} taskmanagers{cluster}");
     println!("Process list for scripts: {}", file.data_dir.join("cluster.json").display());
     println!("Ctrl-C stops the cluster.");
 }
@@ -234,7 +335,7 @@ async fn supervise(children: &mut [(ProcessInfo, Child)], file: &mut ClusterFile
     let shutdown = super::server::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
-        let alive = children.iter().filter(|(p, _)| p.alive).count();
+        let alive = children.iter().filter(|(p, _)| p.alive && p.role == "replica").count();
         if alive == 0 {
             bail!("every replica has exited; see the logs under {}", file.data_dir.display());
         }
@@ -253,19 +354,18 @@ async fn supervise(children: &mut [(ProcessInfo, Child)], file: &mut ClusterFile
         tokio::select! {
             _ = &mut shutdown => break,
             (i, status) = exited => {
-                let total = children.len();
                 let info = &mut children[i].0;
                 info.alive = false;
                 file.processes[i].alive = false;
                 let _ = write_cluster_file(path, file);
                 eprintln!(
-                    "jm local: replica {} (pid {}) exited ({status}); not restarting it. {} of {} replicas remain. Log: {}",
-                    info.node_id, info.pid, alive - 1, total, info.log.display()
+                    "jm local: {} {} (pid {}) exited ({status}); not restarting it. Log: {}",
+                    info.role, info.node_id, info.pid, info.log.display()
                 );
             }
         }
     }
-    println!("\njm local: stopping {} replicas", children.iter().filter(|(p, _)| p.alive).count());
+    println!("\njm local: stopping {} processes", children.iter().filter(|(p, _)| p.alive).count());
     stop_all(children).await;
     println!("jm local: stopped");
     Ok(())
@@ -281,7 +381,7 @@ async fn stop_all(children: &mut [(ProcessInfo, Child)]) {
             continue;
         }
         if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
-            eprintln!("jm local: replica {} did not stop within 10 s; killing it", info.node_id);
+            eprintln!("jm local: {} {} did not stop within 10 s; killing it", info.role, info.node_id);
             let _ = child.kill().await;
         }
     }

@@ -1,7 +1,8 @@
 //! The `jm` command line. Only this module (and `api`) knows clap.
 //!
 //! * `jm server`: one replica ([`server`]);
-//! * `jm local`: a 3-replica cluster as child processes ([`local`]);
+//! * `jm taskmanager`: one TaskManager ([`taskmanager`]);
+//! * `jm local`: a 3-replica cluster and two TaskManagers as child processes ([`local`]);
 //! * `jm job ...` and `jm cluster status`: client commands against any replicas ([`job`], [`status`]);
 //! * `jm bench`: the benchmark ([`bench`]).
 //!
@@ -14,6 +15,7 @@ pub mod local;
 pub mod output;
 pub mod server;
 pub mod status;
+pub mod taskmanager;
 
 use std::process::ExitCode;
 
@@ -36,6 +38,8 @@ pub struct Cli {
 enum Command {
     /// Run one replica of the job manager.
     Server(Box<server::ServerArgs>),
+    /// Run one TaskManager: task slots for the leader's JobMasters.
+    Taskmanager(taskmanager::TaskManagerArgs),
     /// Start a 3-replica cluster on this machine as child processes; Ctrl-C stops it.
     Local(local::LocalArgs),
     /// Submit, list, inspect and cancel jobs.
@@ -44,6 +48,8 @@ enum Command {
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(status::ClusterCommand),
+    /// List the registered TaskManagers and their free slots.
+    Taskmanagers(ClientArgs),
     /// Measure replicated write throughput and latency, failover time, memory and disk use.
     Bench(bench::BenchArgs),
 }
@@ -77,8 +83,10 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => server::run(*args).await,
             Command::Local(args) => local::run(args).await,
+            Command::Taskmanager(args) => taskmanager::run(args).await,
             Command::Job(cmd) => job::run(cmd).await,
             Command::Cluster(cmd) => status::run(cmd).await,
+            Command::Taskmanagers(client) => job::list_task_managers(client).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

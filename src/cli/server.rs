@@ -19,7 +19,12 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
+use crate::api::grpc::taskmanager::GrpcTaskExecutorGateway;
 use crate::api::grpc::{self, GrpcTransport};
+use crate::job_master::JobMasterConfig;
+use crate::leader::{LeaderConfig, LeaderServices};
+use crate::resource_manager::placement::PlacementPolicy;
+use crate::resource_manager::RmConfig;
 use crate::cluster::{Compaction, NodeConfig, ReplicaNode, SystemClock, Timing};
 use crate::raft::{Node, NodeId, SledEngine};
 
@@ -69,6 +74,22 @@ pub struct ServerArgs {
     /// Memory for log entries kept decoded in memory, in MiB (older ones are read from disk).
     #[arg(long, env = "JM_LOG_CACHE_MIB")]
     pub log_cache_mib: Option<usize>,
+    /// Checkpoint storage directory, shared with every TaskManager (Flink's state.checkpoints.dir). Default:
+    /// `<data-dir>/checkpoints`, which only works when TaskManagers run on the same machine.
+    #[arg(long, env = "JM_CHECKPOINT_DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Default savepoint directory (Flink's state.savepoints.dir). Default: `<checkpoint-dir>/savepoints`.
+    #[arg(long, env = "JM_SAVEPOINT_DIR")]
+    pub savepoint_dir: Option<PathBuf>,
+    /// A TaskManager silent for this long is declared dead and its slots released.
+    #[arg(long, env = "JM_TM_HEARTBEAT_TIMEOUT_MS")]
+    pub tm_heartbeat_timeout_ms: Option<u64>,
+    /// Where jobs' slots go: `spread` (across TaskManagers and zones) or `pack` (fill one TaskManager first).
+    #[arg(long, env = "JM_PLACEMENT")]
+    pub placement: Option<String>,
+    /// How long a job waits for enough free slots before that counts as a failure.
+    #[arg(long, env = "JM_SLOT_REQUEST_TIMEOUT_MS")]
+    pub slot_request_timeout_ms: Option<u64>,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -88,6 +109,11 @@ struct FileConfig {
     snapshot_every: Option<u64>,
     keep_below_snapshot: Option<u64>,
     log_cache_mib: Option<usize>,
+    checkpoint_dir: Option<PathBuf>,
+    savepoint_dir: Option<PathBuf>,
+    tm_heartbeat_timeout_ms: Option<u64>,
+    placement: Option<String>,
+    slot_request_timeout_ms: Option<u64>,
 }
 
 /// Parses `ID=RAFT_ADDR/API_ADDR,...`.
@@ -120,6 +146,8 @@ fn read_file_config(path: &Path) -> Result<FileConfig> {
 pub struct Resolved {
     /// The node configuration.
     pub node: NodeConfig,
+    /// Settings of the leader-only services.
+    pub leader: LeaderConfig,
     /// Where the peer service listens.
     pub raft_listen: String,
     /// Where the client API listens.
@@ -155,20 +183,53 @@ pub fn resolve(args: ServerArgs) -> Result<Resolved> {
         snapshot_chunk_bytes: c.snapshot_chunk_bytes,
         log_cache_bytes: args.log_cache_mib.or(file.log_cache_mib).map_or(c.log_cache_bytes, |m| m * 1024 * 1024),
     };
+    let checkpoint_dir = args.checkpoint_dir.or(file.checkpoint_dir).unwrap_or_else(|| data_dir.join("checkpoints"));
+    let savepoint_dir = args.savepoint_dir.or(file.savepoint_dir).unwrap_or_else(|| checkpoint_dir.join("savepoints"));
+    let placement: PlacementPolicy = match args.placement.or(file.placement) {
+        Some(text) => text.parse().map_err(|e| anyhow!("--placement: {e}"))?,
+        None => PlacementPolicy::default(),
+    };
+    let leader = LeaderConfig {
+        rm: RmConfig {
+            heartbeat_timeout: args.tm_heartbeat_timeout_ms.or(file.tm_heartbeat_timeout_ms).map_or(Duration::from_secs(5), ms),
+            placement,
+        },
+        job_master: JobMasterConfig {
+            checkpoint_dir: absolute(checkpoint_dir)?,
+            savepoint_dir: absolute(savepoint_dir)?,
+            rpc_timeout: Duration::from_secs(5),
+            slot_request_timeout: args
+                .slot_request_timeout_ms
+                .or(file.slot_request_timeout_ms)
+                .map_or(Duration::from_secs(300), ms),
+            deployment_grace: Duration::from_secs(3),
+        },
+    };
     let node = NodeConfig { id, data_dir, peers, timing, compaction };
     node.validate().map_err(|e| anyhow!(e))?;
     Ok(Resolved {
         node,
+        leader,
         raft_listen: args.raft_listen.or(file.raft_listen).unwrap_or(own.raft_addr),
         api_listen: args.api_listen.or(file.api_listen).unwrap_or(own.api_addr),
     })
 }
 
 /// Runs a replica until SIGTERM or Ctrl-C.
+/// `path` made absolute against the working directory: the JobMasters hand it to TaskManagers, which may run
+/// elsewhere.
+fn absolute(path: PathBuf) -> Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path);
+    }
+    Ok(std::env::current_dir().context("cannot read the working directory")?.join(path))
+}
+
 pub async fn run(args: ServerArgs) -> Result<()> {
     super::init_logging("info,openraft=warn");
     let resolved = resolve(args)?;
     let config = resolved.node;
+    let leader_config = resolved.leader;
     tracing::info!(id = config.id, data_dir = %config.data_dir.display(), raft = %resolved.raft_listen,
         api = %resolved.api_listen, "starting replica");
     let raft_listener = grpc::bind(&resolved.raft_listen).await.map_err(|e| anyhow!(e))?;
@@ -177,7 +238,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let node = ReplicaNode::start(config, Arc::new(engine), Arc::new(GrpcTransport::new()), Arc::new(SystemClock))
         .await
         .context("replica failed to start")?;
-    grpc::serve(node.clone(), grpc::incoming(raft_listener), grpc::incoming(api_listener), shutdown_signal())
+    let gateway = Arc::new(GrpcTaskExecutorGateway::new());
+    let services = LeaderServices::start(node.clone(), leader_config, gateway);
+    let raft_incoming = grpc::incoming(raft_listener);
+    grpc::serve(node.clone(), Arc::new(services), raft_incoming, grpc::incoming(api_listener), shutdown_signal())
         .await
         .context("gRPC server failed")?;
     tracing::info!("shutting down");

@@ -6,17 +6,16 @@
 //! place. It runs on every replica: writes go through [`ReplicaNode::write`], which forwards to the
 //! leader.
 
-pub mod spec;
-
 use std::sync::Arc;
 
 use rand::Rng;
 
-pub use spec::{parse_spec, JobSpec, MAX_SPEC_BYTES};
+pub use crate::jobgraph::MAX_SPEC_BYTES;
 
 use crate::cluster::{ClusterError, Consistency, ReadInfo, ReplicaNode, Written};
 use crate::raft::command::MAX_METADATA_VALUE_BYTES;
-use crate::raft::state::Job;
+use crate::jobgraph::{self, SpecError};
+use crate::raft::state::{Job, SavepointRequest, TaskManagerInfo};
 use crate::raft::{Command, JobId, JobStatus, Response};
 
 /// Why the Dispatcher refused or could not serve a request.
@@ -44,9 +43,28 @@ pub enum DispatchError {
         /// The id asked for.
         job_id: String,
     },
+    /// No such savepoint request.
+    #[error("job {job_id} has no savepoint request {request_id}")]
+    SavepointNotFound {
+        /// The job.
+        job_id: String,
+        /// The request id asked for.
+        request_id: String,
+    },
     /// The cluster could not serve it.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+}
+
+impl From<SpecError> for DispatchError {
+    fn from(e: SpecError) -> Self {
+        DispatchError::InvalidSpec { field: e.field, reason: e.reason }
+    }
+}
+
+/// A fresh savepoint request id (Flink's trigger id): 32 lowercase hex characters.
+pub fn new_request_id() -> String {
+    format!("{:032x}", rand::thread_rng().gen::<u128>())
 }
 
 /// The outcome of a submit.
@@ -98,7 +116,7 @@ impl Dispatcher {
     /// first submission created.
     #[tracing::instrument(level = "debug", skip(self, spec))]
     pub async fn submit(&self, spec: &[u8], idempotency_key: &str) -> Result<Submitted, DispatchError> {
-        let parsed = parse_spec(spec)?;
+        let graph = jobgraph::parse(spec)?;
         let key = idempotency_key.trim();
         if key.is_empty() || key.len() > 256 {
             return Err(DispatchError::InvalidArgument {
@@ -109,9 +127,9 @@ impl Dispatcher {
         let command = Command::SubmitJob {
             job_id: new_job_id(),
             idempotency_key: key.to_string(),
-            name: parsed.name,
-            spec_json: parsed.canonical_json,
-            max_retained_checkpoints: parsed.retained_checkpoints,
+            name: graph.spec.name.clone(),
+            max_retained_checkpoints: graph.spec.checkpoints.retained,
+            spec_json: graph.canonical_json,
             submitted_at_ms: self.node.clock().now_ms(),
         };
         let written = self.node.write(command).await?;
@@ -188,6 +206,78 @@ impl Dispatcher {
             Some(v) => Ok((v, read)),
             None => Err(DispatchError::JobNotFound { job_id: job_id.to_string() }),
         }
+    }
+}
+
+impl Dispatcher {
+    /// Asks the job's JobMaster for a savepoint (stopping the job after it when `terminate`); returns the request
+    /// id to poll with [`Dispatcher::get_savepoint`]. A retry with the same `request_id` finds the first request.
+    pub async fn trigger_savepoint(
+        &self,
+        job_id: &str,
+        target_dir: Option<String>,
+        terminate: bool,
+        request_id: Option<String>,
+    ) -> Result<(String, Written), DispatchError> {
+        check_job_id(job_id)?;
+        let request_id = request_id.filter(|r| !r.trim().is_empty()).unwrap_or_else(new_request_id);
+        let target_dir = target_dir.filter(|d| !d.trim().is_empty());
+        if let Some(dir) = &target_dir {
+            if !std::path::Path::new(dir).is_absolute() {
+                return Err(DispatchError::InvalidArgument {
+                    field: "target_dir",
+                    reason: format!("{dir:?} is relative; give an absolute directory shared by the TaskManagers"),
+                });
+            }
+        }
+        let command = Command::RequestSavepoint {
+            job_id: job_id.to_string(),
+            request_id: request_id.clone(),
+            target_dir,
+            terminate,
+            at_ms: self.node.clock().now_ms(),
+        };
+        let written = self.node.write(command).await?;
+        match &written.response {
+            Response::SavepointRequested { .. } => Ok((request_id, written.clone())),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A savepoint request and its outcome so far.
+    pub async fn get_savepoint(
+        &self,
+        job_id: &str,
+        request_id: &str,
+        consistency: Consistency,
+    ) -> Result<(SavepointRequest, ReadInfo), DispatchError> {
+        let (job, read) = self.get(job_id, consistency).await?;
+        match job.savepoint_requests.get(request_id) {
+            Some(request) => Ok((request.clone(), read)),
+            None => Err(DispatchError::SavepointNotFound {
+                job_id: job_id.to_string(),
+                request_id: request_id.to_string(),
+            }),
+        }
+    }
+
+    /// Registered TaskManagers with their free slot counts.
+    pub async fn task_managers(
+        &self,
+        consistency: Consistency,
+    ) -> Result<(Vec<(TaskManagerInfo, u32)>, ReadInfo), DispatchError> {
+        let read = self.node.read_barrier(consistency).await?;
+        let tms = self.node.state().read(|s| {
+            s.cluster
+                .task_managers
+                .values()
+                .map(|tm| {
+                    let leased = s.cluster.slot_leases.keys().filter(|slot| slot.tm == tm.id).count() as u32;
+                    (tm.clone(), tm.slots.saturating_sub(leased))
+                })
+                .collect()
+        });
+        Ok((tms, read))
     }
 }
 

@@ -30,7 +30,9 @@ pub mod types;
 
 use std::sync::Arc;
 
-pub use command::{Command, DeterministicError, JobId, JobStatus, LogIndex, Response};
+pub use command::{
+    CheckpointId, Command, DeterministicError, Epoch, JobId, JobStatus, LogIndex, Response, SlotId, TaskManagerId,
+};
 pub use disk_writer::DiskWriter;
 pub use log_store::{LogStore, DEFAULT_LOG_CACHE_BYTES};
 pub use network::{Network, PeerCall, PeerTransport, TransportError};

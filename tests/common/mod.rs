@@ -31,10 +31,27 @@ pub struct Replica {
     pub child: Option<Child>,
 }
 
-/// A cluster of real replicas.
+/// One TaskManager process.
+pub struct TaskManagerProcess {
+    pub number: u64,
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub slots: u32,
+    pub child: Option<Child>,
+}
+
+impl TaskManagerProcess {
+    /// Its TaskManager id, as it chose it on first start.
+    pub fn tm_id(&self) -> Option<String> {
+        std::fs::read_to_string(self.data_dir.join("tm-id")).ok().map(|s| s.trim().to_string())
+    }
+}
+
+/// A cluster of real replicas (and TaskManagers, once started).
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub replicas: Vec<Replica>,
+    pub task_managers: Vec<TaskManagerProcess>,
     peers: String,
     extra: Vec<String>,
 }
@@ -53,8 +70,13 @@ impl TestCluster {
             })
             .collect();
         let peers = replicas.iter().map(|r| format!("{}={}/{}", r.id, r.raft_addr, r.api_addr)).collect::<Vec<_>>();
-        let mut cluster =
-            TestCluster { dir, replicas, peers: peers.join(","), extra: extra.iter().map(|s| s.to_string()).collect() };
+        let mut cluster = TestCluster {
+            dir,
+            replicas,
+            task_managers: Vec::new(),
+            peers: peers.join(","),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
         for id in 1..=n {
             cluster.spawn(id);
         }
@@ -85,6 +107,56 @@ impl TestCluster {
             .spawn()
             .unwrap();
         r.child = Some(child);
+    }
+
+    /// Starts TaskManager number `number` (a new one, or again on its data dir) with `slots` slots.
+    pub fn spawn_tm(&mut self, number: u64, slots: u32) {
+        let cluster: Vec<String> = self.replicas.iter().map(|r| r.api_addr.clone()).collect();
+        if !self.task_managers.iter().any(|t| t.number == number) {
+            self.task_managers.push(TaskManagerProcess {
+                number,
+                data_dir: self.dir.path().join(format!("tm-{number}")),
+                listen: format!("127.0.0.1:{}", free_port()),
+                slots,
+                child: None,
+            });
+        }
+        let tm = self.task_managers.iter_mut().find(|t| t.number == number).unwrap();
+        assert!(tm.child.is_none(), "TaskManager {number} is already running");
+        std::fs::create_dir_all(&tm.data_dir).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(tm.data_dir.join("tm.log")).unwrap();
+        let child = Command::new(jm())
+            .args(["taskmanager", "--cluster", &cluster.join(","), "--listen", &tm.listen])
+            .args(["--slots", &slots.to_string(), "--heartbeat-ms", "200"])
+            .arg("--data-dir")
+            .arg(&tm.data_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        tm.child = Some(child);
+    }
+
+    /// SIGKILLs TaskManager `number` and reaps it.
+    pub fn kill_tm(&mut self, number: u64) {
+        let tm = self.task_managers.iter_mut().find(|t| t.number == number).unwrap();
+        if let Some(mut child) = tm.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// The TaskManager process whose id is `tm_id`.
+    pub fn tm_number(&self, tm_id: &str) -> Option<u64> {
+        self.task_managers.iter().find(|t| t.tm_id().as_deref() == Some(tm_id)).map(|t| t.number)
+    }
+
+    /// The log of TaskManager `number`.
+    pub fn tm_log(&self, number: u64) -> String {
+        let tm = self.task_managers.iter().find(|t| t.number == number).unwrap();
+        std::fs::read_to_string(tm.data_dir.join("tm.log")).unwrap_or_default()
     }
 
     /// SIGKILLs replica `id` and reaps it.
@@ -189,6 +261,12 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        for t in &mut self.task_managers {
+            if let Some(mut child) = t.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
         for r in &mut self.replicas {
             if let Some(mut child) = r.child.take() {
                 let _ = child.kill();
@@ -198,12 +276,17 @@ impl Drop for TestCluster {
     }
 }
 
-/// Submits a job named `name` with idempotency key `key` through `client`.
+/// The smallest valid job spec: a sequence into a blackhole.
+pub fn minimal_spec(name: &str) -> String {
+    format!("name: {name}\nvertices:\n  - id: source\n    operators: [{{sequence: {{}}}}, {{blackhole: {{}}}}]\n")
+}
+
+/// Submits a minimal job named `name` with idempotency key `key` through `client`.
 pub async fn submit(
     client: &mut JobManagerClient<Channel>,
     name: &str,
     key: &str,
 ) -> Result<pb::SubmitJobReply, tonic::Status> {
-    let spec = format!("name: {name}\n").into_bytes();
+    let spec = minimal_spec(name).into_bytes();
     client.submit_job(pb::SubmitJobRequest { spec, idempotency_key: key.into() }).await.map(|r| r.into_inner())
 }

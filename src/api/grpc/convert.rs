@@ -2,8 +2,8 @@
 
 use super::pb;
 use crate::cluster::{Consistency, ReadInfo, ReplicaStatus, Written};
-use crate::raft::command::{CompletedCheckpoint, Savepoint};
-use crate::raft::state::Job;
+use crate::raft::command::{CompletedCheckpoint, Savepoint, SavepointOutcome};
+use crate::raft::state::{Job, SavepointRequest, TaskManagerInfo};
 
 /// The read consistency a request asks for.
 pub fn consistency(value: i32) -> Consistency {
@@ -73,6 +73,51 @@ pub fn job(j: &Job) -> pb::Job {
         error: j.result.as_ref().and_then(|r| r.error.clone()).unwrap_or_default(),
         metadata_keys: j.metadata.len() as u32,
         submitted_index: j.submitted_index,
+        restarts: j.restarts,
+        attempt: j.deployment.as_ref().map_or(0, |d| d.attempt),
+        slots: j
+            .deployment
+            .iter()
+            .flat_map(|d| d.components.iter().flat_map(|c| c.slots.iter().map(|s| s.to_string())))
+            .collect(),
+        exceptions: j
+            .exceptions
+            .iter()
+            .map(|e| pb::JobException { at_ms: e.at_ms, error: e.error.clone(), restarting: e.restarting })
+            .collect(),
+        restored_from: j.deployment.as_ref().and_then(|d| d.restored_from.clone()).unwrap_or_default(),
+    }
+}
+
+/// A savepoint request's state.
+pub fn savepoint_request(r: &SavepointRequest, read: &ReadInfo) -> pb::GetSavepointReply {
+    let (status, path, checkpoint_id, error) = match &r.outcome {
+        None => ("IN_PROGRESS", String::new(), 0, String::new()),
+        Some(SavepointOutcome::Completed { savepoint }) => {
+            ("COMPLETED", savepoint.path.clone(), savepoint.checkpoint_id, String::new())
+        }
+        Some(SavepointOutcome::Failed { error }) => ("FAILED", String::new(), 0, error.clone()),
+    };
+    pb::GetSavepointReply {
+        status: status.to_string(),
+        path,
+        checkpoint_id,
+        error,
+        terminate: r.terminate,
+        read: Some(read_info(read)),
+    }
+}
+
+/// A TaskManager's line in a listing.
+pub fn task_manager(tm: &TaskManagerInfo, free_slots: u32) -> pb::TaskManagerInfo {
+    pb::TaskManagerInfo {
+        tm_id: tm.id.clone(),
+        address: tm.address.clone(),
+        slots: tm.slots,
+        free_slots,
+        zone: tm.zone.clone().unwrap_or_default(),
+        registered_at_ms: tm.registered_at_ms,
+        updated_at_ms: tm.updated_at_ms,
     }
 }
 

@@ -15,6 +15,7 @@ pub mod convert;
 pub mod peer;
 pub mod service;
 pub mod status;
+pub mod taskmanager;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub use peer::GrpcTransport;
 
 use crate::cluster::ReplicaNode;
 use crate::dispatcher::Dispatcher;
+use crate::taskmanager::protocol::JobManagerHandler;
 
 /// Generated protobuf types of the client API.
 #[allow(missing_docs, clippy::all)]
@@ -43,6 +45,12 @@ pub mod peer_pb {
     tonic::include_proto!("jobmanager.peer.v1");
 }
 
+/// Generated protobuf types of the TaskManager service.
+#[allow(missing_docs, clippy::all)]
+pub mod tm_pb {
+    tonic::include_proto!("jobmanager.taskmanager.v1");
+}
+
 /// The largest client request accepted (a 1 MiB job spec plus framing).
 pub const MAX_CLIENT_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
 /// The largest peer message accepted (a batch of log entries or a snapshot chunk).
@@ -53,6 +61,7 @@ pub const MAX_PEER_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// one, and a simulation can pass its own.
 pub async fn serve<R, A, IO, E>(
     node: Arc<ReplicaNode>,
+    task_managers: Arc<dyn JobManagerHandler>,
     raft: R,
     api: A,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -76,7 +85,7 @@ where
         .serve_with_incoming_shutdown(raft, stopped(rx.clone()));
     let api_server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(256)
-        .add_service(service::server(Dispatcher::new(node)))
+        .add_service(service::server(Dispatcher::new(node), task_managers))
         .serve_with_incoming_shutdown(api, stopped(rx));
     tokio::try_join!(peer_server, api_server)?;
     Ok(())

@@ -1,22 +1,30 @@
 //! The client API service, `jobmanager.v1.JobManager`: protobuf in, Dispatcher call, protobuf out.
 
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::pb;
 use super::pb::job_manager_server::{JobManager, JobManagerServer};
 use super::MAX_CLIENT_MESSAGE_BYTES;
+use super::taskmanager::{decode_job_manager_request, encode_job_manager_reply};
 use crate::dispatcher::Dispatcher;
+use crate::taskmanager::protocol::JobManagerHandler;
 
 /// The client API service of one replica.
 pub struct JobManagerService {
     dispatcher: Dispatcher,
+    task_managers: Arc<dyn JobManagerHandler>,
 }
 
 /// The client API service, ready to be added to a tonic server. Requests above
 /// [`MAX_CLIENT_MESSAGE_BYTES`] are refused by tonic with OUT_OF_RANGE before they are decoded.
-pub fn server(dispatcher: Dispatcher) -> JobManagerServer<JobManagerService> {
-    JobManagerServer::new(JobManagerService { dispatcher })
+pub fn server(
+    dispatcher: Dispatcher,
+    task_managers: Arc<dyn JobManagerHandler>,
+) -> JobManagerServer<JobManagerService> {
+    JobManagerServer::new(JobManagerService { dispatcher, task_managers })
         .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES)
         .max_encoding_message_size(64 * 1024 * 1024)
 }
@@ -104,5 +112,51 @@ impl JobManager for JobManagerService {
         let node = self.dispatcher.node();
         let (snapshot_index, purged_index) = node.compact(std::time::Duration::from_secs(60)).await?;
         Ok(Response::new(pb::CompactReply { served_by: node.id, snapshot_index, purged_index }))
+    }
+
+    async fn trigger_savepoint(
+        &self,
+        request: Request<pb::TriggerSavepointRequest>,
+    ) -> Result<Response<pb::TriggerSavepointReply>, Status> {
+        let r = request.into_inner();
+        let target_dir = Some(r.target_dir);
+        let request_id = Some(r.request_id);
+        let (request_id, written) =
+            self.dispatcher.trigger_savepoint(&r.job_id, target_dir, r.terminate, request_id).await?;
+        Ok(Response::new(pb::TriggerSavepointReply {
+            request_id,
+            write: Some(convert::write_info(self.id(), &written)),
+        }))
+    }
+
+    async fn get_savepoint(
+        &self,
+        request: Request<pb::GetSavepointRequest>,
+    ) -> Result<Response<pb::GetSavepointReply>, Status> {
+        let r = request.into_inner();
+        let consistency = convert::consistency(r.consistency);
+        let (savepoint, read) = self.dispatcher.get_savepoint(&r.job_id, &r.request_id, consistency).await?;
+        Ok(Response::new(convert::savepoint_request(&savepoint, &read)))
+    }
+
+    async fn list_task_managers(
+        &self,
+        request: Request<pb::ListTaskManagersRequest>,
+    ) -> Result<Response<pb::ListTaskManagersReply>, Status> {
+        let r = request.into_inner();
+        let (tms, read) = self.dispatcher.task_managers(convert::consistency(r.consistency)).await?;
+        Ok(Response::new(pb::ListTaskManagersReply {
+            task_managers: tms.iter().map(|(tm, free)| convert::task_manager(tm, *free)).collect(),
+            read: Some(convert::read_info(&read)),
+        }))
+    }
+
+    async fn task_manager_call(
+        &self,
+        request: Request<pb::TaskManagerEnvelope>,
+    ) -> Result<Response<pb::TaskManagerEnvelope>, Status> {
+        let message = decode_job_manager_request(&request.into_inner().payload)?;
+        let reply = self.task_managers.handle(message).await;
+        Ok(Response::new(pb::TaskManagerEnvelope { payload: encode_job_manager_reply(&reply) }))
     }
 }

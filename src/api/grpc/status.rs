@@ -17,7 +17,9 @@ impl From<DispatchError> for Status {
             DispatchError::InvalidSpec { .. } | DispatchError::InvalidArgument { .. } => {
                 Status::invalid_argument(e.to_string())
             }
-            DispatchError::JobNotFound { .. } => Status::not_found(e.to_string()),
+            DispatchError::JobNotFound { .. } | DispatchError::SavepointNotFound { .. } => {
+                Status::not_found(e.to_string())
+            }
             DispatchError::Cluster(c) => c.into(),
         }
     }
