@@ -314,13 +314,6 @@ impl CheckpointStats {
     }
 }
 
-/// A checkpoint whose acknowledgements are all in and whose commit the caller is doing.
-#[derive(Debug, Clone)]
-struct Committing {
-    /// Its history record, still in progress.
-    record: CheckpointRecord,
-}
-
 /// One job's checkpoint bookkeeping. See the module documentation.
 #[derive(Debug)]
 pub struct Coordinator {
@@ -330,8 +323,8 @@ pub struct Coordinator {
     tasks: BTreeSet<TaskKey>,
     /// Checkpoints waiting for acknowledgements, by id.
     pending: BTreeMap<u64, PendingCheckpoint>,
-    /// Fully acknowledged checkpoints whose commit is under way, by id.
-    committing: BTreeMap<u64, Committing>,
+    /// Fully acknowledged checkpoints whose commit the caller is doing, by id, with their (in progress) records.
+    committing: BTreeMap<u64, CheckpointRecord>,
     /// When the next periodic checkpoint is due, before min_pause is applied.
     scheduled: Instant,
     /// When the last checkpoint or savepoint completed; min_pause counts from here.
@@ -458,7 +451,7 @@ impl Coordinator {
         }
         match self.pending.remove(&id) {
             Some(pending) => {
-                self.committing.insert(id, Committing { record });
+                self.committing.insert(id, record);
                 AckOutcome::AllAcked(pending)
             }
             None => AckOutcome::Ignored { reason: self.not_pending_reason(id) },
@@ -534,7 +527,8 @@ impl Coordinator {
     /// Records that checkpoint `id` failed outside the coordinator's view, e.g. its metadata could not be written or
     /// Raft refused the commit. It counts toward the tolerable failures if it is a periodic checkpoint that was in
     /// flight, or one never begun (a trigger that failed); a checkpoint already aborted by
-    /// [`Coordinator::abort_all`] does not count again.
+    /// [`Coordinator::abort_all`] does not count again. The coordinator's own record of the kind wins over `kind`,
+    /// which only describes a checkpoint it never saw; `now` is not needed (`wall_ms` is what the record shows).
     pub fn failed(
         &mut self,
         id: u64,
@@ -605,13 +599,14 @@ impl Coordinator {
     /// Whether a periodic checkpoint is pending or committing.
     fn periodic_in_flight(&self) -> bool {
         let periodic = |kind: &CheckpointKind| *kind == CheckpointKind::Checkpoint;
-        self.pending.values().any(|p| periodic(&p.kind)) || self.committing.values().any(|c| periodic(&c.record.kind))
+        self.pending.values().any(|p| periodic(&p.kind))
+            || self.committing.values().any(|record| periodic(&record.kind))
     }
 
     /// Removes checkpoint `id` from the pending or committing set, returning its record.
     fn take_in_flight(&mut self, id: u64) -> Option<CheckpointRecord> {
-        if let Some(committing) = self.committing.remove(&id) {
-            return Some(committing.record);
+        if let Some(record) = self.committing.remove(&id) {
+            return Some(record);
         }
         self.pending.remove(&id).map(|pending| pending.record())
     }

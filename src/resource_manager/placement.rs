@@ -368,6 +368,19 @@ mod tests {
     }
 
     #[test]
+    fn spread_puts_every_job_in_both_zones() {
+        let mut tms = vec![tm("tm1", Some("a"), 2), tm("tm2", Some("a"), 2), tm("tm3", Some("b"), 4)];
+        let mut placed = Vec::new();
+        for _ in 0..3 {
+            let plan = place(&request(&[1, 1]), &tms, PlacementPolicy::Spread).unwrap();
+            lease(&mut tms, &plan);
+            placed.push(hosts(&plan).join(","));
+        }
+        assert_eq!(placed, ["tm3,tm1", "tm3,tm2", "tm3,tm1"]);
+        assert_eq!(free_slot_count(&tms), 2);
+    }
+
+    #[test]
     fn spread_balances_a_job_over_zones() {
         let tms = vec![tm("tm1", Some("a"), 4), tm("tm2", Some("a"), 4), tm("tm3", Some("b"), 2)];
         let plan = place(&request(&[1, 1, 1]), &tms, PlacementPolicy::Spread).unwrap();
