@@ -186,10 +186,8 @@ async fn a_job_survives_leader_kills_without_restarting_and_stops_with_an_exactl
         })
         .await
         .unwrap();
-    let stopped = wait_job(&client, &job_id, &mut seen, Duration::from_secs(30), "finished", |j| {
-        j.status == "FINISHED"
-    })
-    .await;
+    let stopped =
+        wait_job(&client, &job_id, &mut seen, Duration::from_secs(30), "finished", |j| j.status == "FINISHED").await;
     let savepoint = stopped.savepoints.last().expect("a savepoint").path.clone();
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "checkpoint ids not strictly increasing: {seen:?}");
 

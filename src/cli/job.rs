@@ -185,7 +185,14 @@ pub async fn run(cmd: JobCommand) -> Result<()> {
 }
 
 /// Triggers a savepoint (stopping the job when `terminate`) and waits for its outcome.
-async fn savepoint(id: String, dir: Option<String>, terminate: bool, wait: bool, timeout: u64, client: ClientArgs) -> Result<()> {
+async fn savepoint(
+    id: String,
+    dir: Option<String>,
+    terminate: bool,
+    wait: bool,
+    timeout: u64,
+    client: ClientArgs,
+) -> Result<()> {
     let cluster = client.client();
     let request_id = crate::dispatcher::new_request_id();
     let request = pb::TriggerSavepointRequest {

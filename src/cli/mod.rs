@@ -4,12 +4,13 @@
 //! * `jm taskmanager`: one TaskManager ([`taskmanager`]);
 //! * `jm local`: a 3-replica cluster and two TaskManagers as child processes ([`local`]);
 //! * `jm job ...` and `jm cluster status`: client commands against any replicas ([`job`], [`status`]);
-//! * `jm bench`: the benchmark ([`bench`]).
+//! * `jm bench`: the replicated-core benchmark ([`bench`]); `jm bench-jobs`: the jobs benchmark ([`bench_jobs`]).
 //!
 //! Exit codes: 0 on success; 1 with one line `error: ...` on stderr when the command failed; 2 for
 //! usage errors (clap).
 
 pub mod bench;
+pub mod bench_jobs;
 pub mod job;
 pub mod local;
 pub mod output;
@@ -52,6 +53,8 @@ enum Command {
     Taskmanagers(ClientArgs),
     /// Measure replicated write throughput and latency, failover time, memory and disk use.
     Bench(bench::BenchArgs),
+    /// Measure what a leader failover costs running jobs, checkpoint throughput and memory per job.
+    BenchJobs(bench_jobs::BenchJobsArgs),
 }
 
 /// Options shared by the client commands.
@@ -88,6 +91,7 @@ pub fn main() -> ExitCode {
             Command::Cluster(cmd) => status::run(cmd).await,
             Command::Taskmanagers(client) => job::list_task_managers(client).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::BenchJobs(args) => bench_jobs::run(args).await,
         }
     });
     match result {

@@ -21,12 +21,12 @@ use serde::Deserialize;
 
 use crate::api::grpc::taskmanager::GrpcTaskExecutorGateway;
 use crate::api::grpc::{self, GrpcTransport};
+use crate::cluster::{Compaction, NodeConfig, ReplicaNode, SystemClock, Timing};
 use crate::job_master::JobMasterConfig;
 use crate::leader::{LeaderConfig, LeaderServices};
+use crate::raft::{Node, NodeId, SledEngine};
 use crate::resource_manager::placement::PlacementPolicy;
 use crate::resource_manager::RmConfig;
-use crate::cluster::{Compaction, NodeConfig, ReplicaNode, SystemClock, Timing};
-use crate::raft::{Node, NodeId, SledEngine};
 
 /// Flags of `jm server`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -191,7 +191,10 @@ pub fn resolve(args: ServerArgs) -> Result<Resolved> {
     };
     let leader = LeaderConfig {
         rm: RmConfig {
-            heartbeat_timeout: args.tm_heartbeat_timeout_ms.or(file.tm_heartbeat_timeout_ms).map_or(Duration::from_secs(5), ms),
+            heartbeat_timeout: args
+                .tm_heartbeat_timeout_ms
+                .or(file.tm_heartbeat_timeout_ms)
+                .map_or(Duration::from_secs(5), ms),
             placement,
         },
         job_master: JobMasterConfig {

@@ -13,7 +13,9 @@ use crate::taskmanager::{load_or_create_id, TaskManager, TaskManagerConfig};
 
 /// `jm taskmanager` options.
 #[derive(Debug, Clone, clap::Args)]
-#[command(after_help = "Example:\n  jm taskmanager --cluster 127.0.0.1:6123,127.0.0.1:6124,127.0.0.1:6125 \\\n    --slots 4 --data-dir /var/lib/jm-tm --listen 0.0.0.0:6200 --advertise 10.0.0.5:6200 --zone eu-1a")]
+#[command(
+    after_help = "Example:\n  jm taskmanager --cluster 127.0.0.1:6123,127.0.0.1:6124,127.0.0.1:6125 \\\n    --slots 4 --data-dir /var/lib/jm-tm --listen 0.0.0.0:6200 --advertise 10.0.0.5:6200 --zone eu-1a"
+)]
 pub struct TaskManagerArgs {
     /// Client API addresses of the replicas, comma-separated (any subset that includes a live replica works).
     #[arg(long, env = "JM_CLUSTER", default_value = super::DEFAULT_CLUSTER, value_delimiter = ',')]
@@ -64,7 +66,9 @@ pub async fn run(args: TaskManagerArgs) -> Result<()> {
         rpc_timeout: Duration::from_secs(2),
     };
     let tm = TaskManager::start(config, Arc::new(GrpcJobManagerGateway::new()));
-    serve_task_executor(Arc::new(tm), listener, super::server::shutdown_signal()).await.context("gRPC server failed")?;
+    serve_task_executor(Arc::new(tm), listener, super::server::shutdown_signal())
+        .await
+        .context("gRPC server failed")?;
     tracing::info!("TaskManager shutting down");
     Ok(())
 }

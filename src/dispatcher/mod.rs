@@ -13,8 +13,8 @@ use rand::Rng;
 pub use crate::jobgraph::MAX_SPEC_BYTES;
 
 use crate::cluster::{ClusterError, Consistency, ReadInfo, ReplicaNode, Written};
-use crate::raft::command::MAX_METADATA_VALUE_BYTES;
 use crate::jobgraph::{self, SpecError};
+use crate::raft::command::MAX_METADATA_VALUE_BYTES;
 use crate::raft::state::{Job, SavepointRequest, TaskManagerInfo};
 use crate::raft::{Command, JobId, JobStatus, Response};
 
@@ -254,10 +254,9 @@ impl Dispatcher {
         let (job, read) = self.get(job_id, consistency).await?;
         match job.savepoint_requests.get(request_id) {
             Some(request) => Ok((request.clone(), read)),
-            None => Err(DispatchError::SavepointNotFound {
-                job_id: job_id.to_string(),
-                request_id: request_id.to_string(),
-            }),
+            None => {
+                Err(DispatchError::SavepointNotFound { job_id: job_id.to_string(), request_id: request_id.to_string() })
+            }
         }
     }
 

@@ -355,23 +355,22 @@ impl JobMaster {
             return Ok(());
         }
         let all = |wanted: &[WireTaskState]| self.tasks.values().all(|s| wanted.contains(s));
+        let all_started = all(&[WireTaskState::Running, WireTaskState::Finished]);
+        let all_finished = all(&[WireTaskState::Finished]);
+        let all_ended = self.tasks.values().all(|s| is_terminal(*s));
         match self.phase {
-            Phase::Deploying { .. } if all(&[WireTaskState::Running, WireTaskState::Finished]) => {
+            Phase::Deploying { .. } if all_started => {
                 self.phase = Phase::Running;
                 self.policy.on_running(self.now_ms());
                 self.transition(JobStatus::Running, None).await?;
                 tracing::info!(job_id = %self.job_id, attempt = self.attempt, "job running");
-                if all(&[WireTaskState::Finished]) {
+                if all_finished {
                     return self.end(JobStatus::Finished, None).await;
                 }
                 Ok(())
             }
-            Phase::Running | Phase::Stopping if all(&[WireTaskState::Finished]) => {
-                self.end(JobStatus::Finished, None).await
-            }
-            Phase::Cancelling { .. } if self.tasks.values().all(|s| is_terminal(*s)) => {
-                self.end(JobStatus::Canceled, None).await
-            }
+            Phase::Running | Phase::Stopping if all_finished => self.end(JobStatus::Finished, None).await,
+            Phase::Cancelling { .. } if all_ended => self.end(JobStatus::Canceled, None).await,
             _ => Ok(()),
         }
     }
@@ -614,7 +613,9 @@ impl JobMaster {
         let allocate = Command::AllocateCheckpointId { job_id: self.job_id.clone(), epoch: self.epoch, at_ms };
         let id = match self.write(allocate).await? {
             Response::CheckpointIdAllocated { checkpoint_id, .. } => checkpoint_id,
-            other => return Err(Exit::Unrunnable(format!("unexpected reply to a checkpoint id allocation: {other:?}"))),
+            other => {
+                return Err(Exit::Unrunnable(format!("unexpected reply to a checkpoint id allocation: {other:?}")))
+            }
         };
         let savepoint = match &kind {
             CheckpointKind::Savepoint { dir, terminate } => {
@@ -716,7 +717,13 @@ impl JobMaster {
         self.checkpoint_failed(pending.id, pending.kind, reason, verdict).await
     }
 
-    async fn checkpoint_failed(&mut self, id: u64, kind: CheckpointKind, reason: &str, verdict: FailureVerdict) -> Step {
+    async fn checkpoint_failed(
+        &mut self,
+        id: u64,
+        kind: CheckpointKind,
+        reason: &str,
+        verdict: FailureVerdict,
+    ) -> Step {
         tracing::warn!(job_id = %self.job_id, checkpoint_id = id, %reason, "checkpoint failed");
         self.notify_tasks(id, false).await?;
         if matches!(kind, CheckpointKind::Savepoint { .. }) {
@@ -757,7 +764,11 @@ impl JobMaster {
                 .graph
                 .vertices
                 .iter()
-                .map(|v| VertexMetadata { id: v.id.clone(), parallelism: v.parallelism, max_parallelism: v.max_parallelism })
+                .map(|v| VertexMetadata {
+                    id: v.id.clone(),
+                    parallelism: v.parallelism,
+                    max_parallelism: v.max_parallelism,
+                })
                 .collect(),
             handles: pending
                 .acks
@@ -802,13 +813,15 @@ impl JobMaster {
 
     async fn record_failure(&mut self, error: String, restarting: bool) -> Step {
         let at_ms = self.now_ms();
-        let command = Command::RecordJobFailure { job_id: self.job_id.clone(), epoch: self.epoch, at_ms, error, restarting };
+        let command =
+            Command::RecordJobFailure { job_id: self.job_id.clone(), epoch: self.epoch, at_ms, error, restarting };
         self.write(command).await.map(|_| ())
     }
 
     async fn transition(&mut self, to: JobStatus, reason: Option<String>) -> Step {
         let at_ms = self.now_ms();
-        let command = Command::TransitionJobStatus { job_id: self.job_id.clone(), epoch: self.epoch, to, at_ms, reason };
+        let command =
+            Command::TransitionJobStatus { job_id: self.job_id.clone(), epoch: self.epoch, to, at_ms, reason };
         match self.ctx.node.write(command).await {
             Ok(_) => Ok(()),
             Err(ClusterError::Rejected(e)) if is_fencing(&e) => Err(Exit::Fenced(e.to_string())),

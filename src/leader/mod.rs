@@ -21,7 +21,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::cluster::ReplicaNode;
-use crate::job_master::{run_job_master, JobMasterConfig, JobMasterContext, JobMasterMessage, JobMasterRegistry, INBOX_CAPACITY};
+use crate::job_master::{
+    run_job_master, JobMasterConfig, JobMasterContext, JobMasterMessage, JobMasterRegistry, INBOX_CAPACITY,
+};
 use crate::raft::{Command, JobId};
 use crate::resource_manager::{ResourceManager, RmConfig};
 use crate::taskmanager::protocol::{
@@ -151,7 +153,8 @@ impl LeaderServices {
     }
 
     fn not_leader(&self) -> FromJobManager {
-        let leader_api = self.node.current_leader().and_then(|id| self.node.members().get(&id).map(|n| n.api_addr.clone()));
+        let leader_api =
+            self.node.current_leader().and_then(|id| self.node.members().get(&id).map(|n| n.api_addr.clone()));
         FromJobManager::NotLeader { leader_api }
     }
 }
@@ -162,7 +165,11 @@ impl JobManagerHandler for Arc<LeaderServices> {
     }
 }
 
-fn heartbeat(active: &ActiveTerm, tm_id: &str, deployments: Vec<crate::taskmanager::protocol::DeploymentReport>) -> FromJobManager {
+fn heartbeat(
+    active: &ActiveTerm,
+    tm_id: &str,
+    deployments: Vec<crate::taskmanager::protocol::DeploymentReport>,
+) -> FromJobManager {
     let (reply, missing) = active.rm.heartbeat(tm_id, &deployments);
     for report in deployments {
         let job_id = report.job_id.clone();

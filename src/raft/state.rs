@@ -1227,6 +1227,97 @@ mod tests {
         ]
     }
 
+    fn deployment(job_id: &str, epoch: Epoch, attempt: u32, slots: &[u32]) -> Command {
+        let slots = slots.iter().map(|i| SlotId::new(TM, *i)).collect();
+        let components = vec![DeployedComponent { vertices: vec!["source".to_string()], slots }];
+        let restored_from = None;
+        Command::RecordDeployment { job_id: job_id.to_string(), epoch, attempt, components, restored_from, at_ms: 400 }
+    }
+
+    #[test]
+    fn a_deployment_needs_the_current_epoch_leased_slots_and_a_newer_attempt() {
+        let mut h = Harness::with_running_job();
+        assert_eq!(h.ok(deployment(J1, 1, 1, &[0, 1])), Response::DeploymentRecorded { job_id: J1.into(), attempt: 1 });
+        assert_eq!(h.job(J1).deployment.as_ref().map(|d| d.attempt), Some(1));
+        h.rejects(deployment(J1, 1, 1, &[0, 1]), invalid("attempt", "attempt 1 is not after the job's attempt 1"));
+        let slot = SlotId::new(TM, 3);
+        h.rejects(deployment(J1, 1, 2, &[3]), DeterministicError::SlotNotHeld { slot, job_id: J1.into() });
+        h.ok(grant(J1));
+        let stale = DeterministicError::StaleEpoch { job_id: J1.into(), given: 1, current: 2 };
+        h.rejects(deployment(J1, 1, 2, &[0]), stale);
+        h.ok(deployment(J1, 2, 2, &[0]));
+    }
+
+    #[test]
+    fn a_deployed_job_is_cancelled_by_its_job_master_not_outright() {
+        let mut h = Harness::default();
+        h.ok(submit(J1, "k1"));
+        h.ok(register(TM, 4));
+        h.ok(grant(J1));
+        h.ok(lease(J1, 1, &[0]));
+        h.ok(deployment(J1, 1, 1, &[0]));
+        // Still CREATED, but tasks may already run: only the JobMaster can stop them.
+        assert_eq!(h.ok(cancel(J1)), Response::JobCancelled { job_id: J1.into(), status: JobStatus::Cancelling });
+        assert!(h.state.slot_leases.contains_key(&SlotId::new(TM, 0)));
+    }
+
+    #[test]
+    fn failures_are_kept_bounded_and_restarts_counted() {
+        let mut h = Harness::with_running_job();
+        for n in 0..(MAX_EXCEPTIONS as u64 + 5) {
+            let error = format!("failure {n}");
+            let cmd =
+                Command::RecordJobFailure { job_id: J1.into(), epoch: 1, at_ms: n, error, restarting: n % 2 == 0 };
+            h.ok(cmd);
+        }
+        let job = h.job(J1);
+        assert_eq!(job.exceptions.len(), MAX_EXCEPTIONS);
+        assert_eq!(job.exceptions.back().map(|e| e.error.as_str()), Some("failure 36"));
+        assert_eq!(job.restarts, 19);
+        let long = "x".repeat(MAX_ERROR_BYTES * 2);
+        h.ok(Command::RecordJobFailure { job_id: J1.into(), epoch: 1, at_ms: 1, error: long, restarting: false });
+        assert!(h.job(J1).exceptions.back().is_some_and(|e| e.error.len() <= MAX_ERROR_BYTES));
+    }
+
+    #[test]
+    fn savepoint_requests_are_idempotent_and_resolved_once_by_the_job_master() {
+        let mut h = Harness::with_running_job();
+        let request = |id: &str| Command::RequestSavepoint {
+            job_id: J1.into(),
+            request_id: id.into(),
+            target_dir: None,
+            terminate: true,
+            at_ms: 500,
+        };
+        let created = Response::SavepointRequested { job_id: J1.into(), request_id: "r1".into(), created: true };
+        assert_eq!(h.ok(request("r1")), created);
+        let again = Response::SavepointRequested { job_id: J1.into(), request_id: "r1".into(), created: false };
+        assert_eq!(h.ok(request("r1")), again);
+        h.ok(Command::AllocateCheckpointId { job_id: J1.into(), epoch: 1, at_ms: 501 });
+        let savepoint = Savepoint { checkpoint_id: 1, path: "/sp/1".into(), at_ms: 502 };
+        let outcome = SavepointOutcome::Completed { savepoint: savepoint.clone() };
+        let resolve = |outcome: SavepointOutcome| Command::ResolveSavepointRequest {
+            job_id: J1.into(),
+            epoch: 1,
+            request_id: "r1".into(),
+            outcome,
+            at_ms: 503,
+        };
+        h.ok(resolve(outcome.clone()));
+        h.ok(resolve(outcome));
+        assert_eq!(h.job(J1).savepoints, vec![savepoint]);
+        let failed = SavepointOutcome::Failed { error: "late".into() };
+        h.rejects(resolve(failed), invalid("request_id", "savepoint request r1 already ended"));
+        let unknown = Command::ResolveSavepointRequest {
+            job_id: J1.into(),
+            epoch: 1,
+            request_id: "nope".into(),
+            outcome: SavepointOutcome::Failed { error: "x".into() },
+            at_ms: 1,
+        };
+        h.rejects(unknown, invalid("request_id", &format!("job {J1} has no savepoint request nope")));
+    }
+
     #[test]
     fn submit_creates_a_created_job_without_job_master() {
         let mut h = Harness::default();
@@ -1844,6 +1935,34 @@ mod properties {
             1 => (job_id(), select(vec!["", "a", "b"]), prop::collection::vec(any::<u8>(), 0..8), at_ms()).prop_map(
                 |(job_id, key, value, at_ms)| Command::PutJobMetadata { job_id, key: key.to_string(), value, at_ms }
             ),
+            2 => (job_id(), epoch(), at_ms(), any::<bool>()).prop_map(|(job_id, epoch, at_ms, restarting)| {
+                Command::RecordJobFailure { job_id, epoch, at_ms, error: "task failed".to_string(), restarting }
+            }),
+            2 => (job_id(), epoch(), 0u32..4, slot_list(), at_ms()).prop_map(|(job_id, epoch, attempt, slots, at_ms)| {
+                let components = vec![DeployedComponent { vertices: vec!["v".to_string()], slots }];
+                Command::RecordDeployment { job_id, epoch, attempt, components, restored_from: None, at_ms }
+            }),
+            1 => (job_id(), select(vec!["r1", "r2", ""]), any::<bool>(), at_ms()).prop_map(
+                |(job_id, request_id, terminate, at_ms)| Command::RequestSavepoint {
+                    job_id,
+                    request_id: request_id.to_string(),
+                    target_dir: None,
+                    terminate,
+                    at_ms,
+                }
+            ),
+            1 => (job_id(), epoch(), select(vec!["r1", "r2"]), 0u64..8, any::<bool>(), at_ms()).prop_map(
+                |(job_id, epoch, request_id, checkpoint_id, ok, at_ms)| {
+                    let outcome = if ok {
+                        SavepointOutcome::Completed {
+                            savepoint: Savepoint { checkpoint_id, path: "/sp".to_string(), at_ms },
+                        }
+                    } else {
+                        SavepointOutcome::Failed { error: "expired".to_string() }
+                    };
+                    Command::ResolveSavepointRequest { job_id, epoch, request_id: request_id.to_string(), outcome, at_ms }
+                }
+            ),
         ]
     }
 
@@ -1878,6 +1997,11 @@ mod properties {
                     *id = last_checkpoint_id;
                 }
                 // Keep the generated list's length (at least one), so that partial leases and releases happen too.
+                let next_attempt = job.deployment.as_ref().map_or(1, |d| d.attempt + 1);
+                if let (true, Command::RecordDeployment { attempt, components, .. }) = (aim_target, &mut cmd) {
+                    *attempt = next_attempt;
+                    components[0].slots = held.clone();
+                }
                 if let (true, Command::ReleaseSlots { slots, .. }) = (aim_target && !held.is_empty(), &mut cmd) {
                     *slots = held.into_iter().take(slots.len().max(1)).collect();
                 } else if let (true, Command::LeaseSlots { slots, .. }) = (aim_target && !free.is_empty(), &mut cmd) {
@@ -1898,7 +2022,10 @@ mod properties {
             | Command::AllocateCheckpointId { epoch, .. }
             | Command::CompleteCheckpoint { epoch, .. }
             | Command::RecordSavepoint { epoch, .. }
-            | Command::RecordJobResult { epoch, .. } => Some(epoch),
+            | Command::RecordJobResult { epoch, .. }
+            | Command::RecordJobFailure { epoch, .. }
+            | Command::RecordDeployment { epoch, .. }
+            | Command::ResolveSavepointRequest { epoch, .. } => Some(epoch),
             _ => None,
         }
     }
@@ -1907,6 +2034,9 @@ mod properties {
         match cmd {
             Command::CompleteCheckpoint { checkpoint, .. } => Some(&mut checkpoint.id),
             Command::RecordSavepoint { savepoint, .. } => Some(&mut savepoint.checkpoint_id),
+            Command::ResolveSavepointRequest { outcome: SavepointOutcome::Completed { savepoint }, .. } => {
+                Some(&mut savepoint.checkpoint_id)
+            }
             _ => None,
         }
     }

@@ -100,7 +100,11 @@ impl ResourceManager {
         (FromJobManager::HeartbeatAck { term: self.term, known, cancel }, missing)
     }
 
-    fn stale_deployments(&self, cluster: &ClusterState, reports: &[DeploymentReport]) -> Vec<(JobId, u32, FencingToken)> {
+    fn stale_deployments(
+        &self,
+        cluster: &ClusterState,
+        reports: &[DeploymentReport],
+    ) -> Vec<(JobId, u32, FencingToken)> {
         reports
             .iter()
             .filter_map(|report| {
@@ -185,7 +189,12 @@ impl ResourceManager {
         let lease = Command::LeaseSlots { job_id: job_id.to_string(), epoch, slots: slots.clone(), at_ms };
         self.write_checked(lease).await?;
         let others: Vec<SlotId> = self.node.state().read(|s| {
-            s.cluster.leases_of_job(job_id).into_iter().map(|(slot, _)| slot.clone()).filter(|slot| !slots.contains(slot)).collect()
+            s.cluster
+                .leases_of_job(job_id)
+                .into_iter()
+                .map(|(slot, _)| slot.clone())
+                .filter(|slot| !slots.contains(slot))
+                .collect()
         });
         if !others.is_empty() {
             let release = Command::ReleaseSlots { job_id: job_id.to_string(), epoch, slots: others, at_ms };
@@ -204,7 +213,11 @@ impl ResourceManager {
     fn views_for(&self, job_id: &str) -> Vec<TaskManagerView> {
         let alive: Vec<TaskManagerId> = {
             let liveness = self.liveness();
-            liveness.iter().filter(|(_, at)| at.elapsed() < self.config.heartbeat_timeout).map(|(id, _)| id.clone()).collect()
+            liveness
+                .iter()
+                .filter(|(_, at)| at.elapsed() < self.config.heartbeat_timeout)
+                .map(|(id, _)| id.clone())
+                .collect()
         };
         self.node.state().read(|s| {
             let cluster = &s.cluster;

@@ -107,13 +107,8 @@ impl TaskManager {
     /// Creates a TaskManager and starts its membership and event loops.
     pub fn start(config: TaskManagerConfig, gateway: Arc<dyn JobManagerGateway>) -> Arc<Self> {
         let (events, receiver) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-        let tm = Arc::new(Self {
-            config,
-            gateway,
-            jobs: Mutex::new(HashMap::new()),
-            leader: Mutex::new((None, 0)),
-            events,
-        });
+        let tm =
+            Arc::new(Self { config, gateway, jobs: Mutex::new(HashMap::new()), leader: Mutex::new((None, 0)), events });
         tokio::spawn(tm.clone().run_membership());
         tokio::spawn(tm.clone().run_event_forwarder(receiver));
         tm

@@ -131,6 +131,9 @@ pub fn job_summary(j: &Job) -> pb::JobSummary {
         updated_at_ms: j.updated_at_ms,
         epoch: j.epoch,
         last_checkpoint_id: j.last_checkpoint_id,
+        latest_completed_checkpoint_id: j.checkpoints.back().map_or(0, |c| c.id),
+        restarts: j.restarts,
+        attempt: j.deployment.as_ref().map_or(0, |d| d.attempt),
     }
 }
 

@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::pb;
 use super::pb::job_manager_server::{JobManager, JobManagerServer};
-use super::MAX_CLIENT_MESSAGE_BYTES;
 use super::taskmanager::{decode_job_manager_request, encode_job_manager_reply};
+use super::MAX_CLIENT_MESSAGE_BYTES;
 use crate::dispatcher::Dispatcher;
 use crate::taskmanager::protocol::JobManagerHandler;
 
