@@ -155,7 +155,8 @@ mod tests {
         parse_document(text.as_bytes()).expect_err("the document should be refused")
     }
 
-    const MINIMAL_YAML: &str = "name: j\nvertices:\n  - id: a\n    operators:\n      - sequence: {}\n      - blackhole\n";
+    const MINIMAL_YAML: &str =
+        "name: j\nvertices:\n  - id: a\n    operators:\n      - sequence: {}\n      - blackhole\n";
 
     #[test]
     fn minimal_yaml_parses() {
@@ -311,7 +312,8 @@ mod tests {
         let ops = &parse_document(yaml.as_bytes()).unwrap().vertices[0].operators;
         assert!(ops[..3].iter().all(|op| *op == OperatorSpec::Blackhole(BlackholeSink {})));
         assert!(ops[3..].iter().all(|op| *op == OperatorSpec::Log(LogSink::default())));
-        let json = r#"{"name": "j", "vertices": [{"id": "a", "operators": ["log", {"blackhole": null}, {"blackhole": {}}]}]}"#;
+        let json =
+            r#"{"name": "j", "vertices": [{"id": "a", "operators": ["log", {"blackhole": null}, {"blackhole": {}}]}]}"#;
         assert_eq!(parse_document(json.as_bytes()).unwrap().vertices[0].operators.len(), 3);
     }
 

@@ -672,7 +672,9 @@ impl<'de> Deserialize<'de> for DurationMs {
                 Ok(DurationMs(v))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DurationMs, E> {
-                u64::try_from(v).map(DurationMs).map_err(|_| E::custom(format!("`{v}` is negative; a duration cannot be negative")))
+                u64::try_from(v)
+                    .map(DurationMs)
+                    .map_err(|_| E::custom(format!("`{v}` is negative; a duration cannot be negative")))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationMs, E> {
                 parse_duration(v).map(DurationMs).map_err(E::custom)

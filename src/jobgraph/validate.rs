@@ -120,7 +120,8 @@ fn check_parallelism(field: &str, value: u32, max: u32, max_field: &str) -> Resu
         return Err(SpecError::new(field, "is 0; must be at least 1"));
     }
     if value > max {
-        let reason = format!("is {value}, above the max parallelism {max} (`{max_field}`); raise `{max_field}` or lower this");
+        let reason =
+            format!("is {value}, above the max parallelism {max} (`{max_field}`); raise `{max_field}` or lower this");
         return Err(SpecError::new(field, reason));
     }
     Ok(())
@@ -208,9 +209,10 @@ fn resolve_endpoints(spec: &JobSpec) -> Result<Vec<Endpoints>, SpecError> {
     let index_of: HashMap<&str, usize> = spec.vertices.iter().enumerate().map(|(i, v)| (v.id.as_str(), i)).collect();
     let known = || spec.vertices.iter().map(|v| format!("`{}`", v.id)).collect::<Vec<_>>().join(", ");
     let lookup = |field: String, id: &str| {
-        index_of.get(id).copied().ok_or_else(|| {
-            SpecError::new(field, format!("names no vertex (`{id}`); the vertices are {}", known()))
-        })
+        index_of
+            .get(id)
+            .copied()
+            .ok_or_else(|| SpecError::new(field, format!("names no vertex (`{id}`); the vertices are {}", known())))
     };
     let mut endpoints: Vec<Endpoints> = Vec::with_capacity(spec.edges.len());
     for (index, edge) in spec.edges.iter().enumerate() {
@@ -274,7 +276,7 @@ fn cycle_error(spec: &JobSpec, endpoints: &[Endpoints], stuck: &[bool]) -> SpecE
     }
     let mut cycle: Vec<usize> = walked[visited_at[&vertex]..].to_vec();
     cycle.reverse(); // now in the direction of the edges
-    // Report the cycle as closed by its last-written edge, starting where that edge points.
+                     // Report the cycle as closed by its last-written edge, starting where that edge points.
     let closing = (0..cycle.len()).max_by_key(|&i| cycle[i]).expect("a cycle has edges");
     let length = cycle.len();
     cycle.rotate_left((closing + 1) % length);
@@ -611,7 +613,13 @@ fn check_restart_strategy(strategy: &RestartStrategySpec) -> Result<(), SpecErro
             }
             Ok(())
         }
-        RestartStrategySpec::ExponentialDelay { initial_backoff, max_backoff, backoff_multiplier, jitter_factor, .. } => {
+        RestartStrategySpec::ExponentialDelay {
+            initial_backoff,
+            max_backoff,
+            backoff_multiplier,
+            jitter_factor,
+            ..
+        } => {
             if initial_backoff > max_backoff {
                 return refuse(
                     "max_backoff",
@@ -619,7 +627,10 @@ fn check_restart_strategy(strategy: &RestartStrategySpec) -> Result<(), SpecErro
                 );
             }
             if !(backoff_multiplier.is_finite() && backoff_multiplier >= 1.0) {
-                return refuse("backoff_multiplier", format!("is {backoff_multiplier}; must be a number of at least 1.0"));
+                return refuse(
+                    "backoff_multiplier",
+                    format!("is {backoff_multiplier}; must be a number of at least 1.0"),
+                );
             }
             if !(0.0..=1.0).contains(&jitter_factor) {
                 return refuse("jitter_factor", format!("is {jitter_factor}; must be between 0.0 and 1.0"));
@@ -664,4 +675,629 @@ fn assemble(
         })
         .collect();
     (vertices, edges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse, DurationMs, JobGraph, Partitioning, RestartStrategySpec, SpecError};
+
+    /// A valid two-vertex keyed job; tests change one thing in it.
+    const KEYED: &str = r#"
+name: keyed
+parallelism: 2
+vertices:
+  - id: source
+    operators:
+      - sequence: {to: 100}
+      - map: {fields: {k: "seq % 10"}}
+  - id: counter
+    operators:
+      - key_by: {field: k}
+      - count: {}
+      - log
+edges:
+  - {from: source, to: counter}
+checkpoints: {interval: 1s}
+"#;
+
+    fn graph(yaml: &str) -> JobGraph {
+        parse(yaml.as_bytes()).unwrap_or_else(|e| panic!("should parse: {e}"))
+    }
+
+    fn error(yaml: &str) -> SpecError {
+        parse(yaml.as_bytes()).expect_err("should be refused")
+    }
+
+    /// Asserts the refusal names `field` and its reason contains `fragment`.
+    fn assert_refused(yaml: &str, field: &str, fragment: &str) {
+        let e = error(yaml);
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.reason.contains(fragment), "reason of `{field}` lacks {fragment:?}: {}", e.reason);
+    }
+
+    /// A single source-to-sink vertex with the given operators (a YAML flow list's items).
+    fn single(operators: &str) -> String {
+        format!("name: j\nvertices:\n  - id: a\n    operators: [{operators}]\n")
+    }
+
+    /// Two vertices `a` (source) -> `b`, with the given operators of `b` and edge settings.
+    fn pair(b_operators: &str, edge_extra: &str) -> String {
+        format!(
+            "name: j\nvertices:\n  - id: a\n    operators: [sequence: {{}}]\n  - id: b\n    operators: [{b_operators}]\n\
+             edges:\n  - {{from: a, to: b{edge_extra}}}\n"
+        )
+    }
+
+    #[test]
+    fn keyed_example_resolves_defaults() {
+        let g = graph(KEYED);
+        assert_eq!(g.vertices.len(), 2);
+        assert_eq!((g.vertices[0].parallelism, g.vertices[0].max_parallelism), (2, 128));
+        assert_eq!(g.edges[0].partitioning, Partitioning::Hash);
+        assert_eq!((g.vertices[0].outputs.clone(), g.vertices[1].inputs.clone()), (vec![0], vec![0]));
+        assert_eq!(g.key_field(1), Some("k"));
+        assert_eq!(g.key_field(0), None);
+        assert_eq!((g.subtask_count(), g.slots_needed()), (4, 2));
+        assert!(g.checkpointing_enabled());
+        assert_eq!(g.spec.checkpoints.timeout, DurationMs(600_000));
+        assert_eq!(g.spec.checkpoints.retained, 1);
+    }
+
+    // -- Name and parallelism.
+
+    #[test]
+    fn blank_name_is_refused() {
+        assert_refused(&KEYED.replace("name: keyed", "name: \"  \""), "name", "is empty");
+    }
+
+    #[test]
+    fn long_name_is_refused() {
+        let long = "x".repeat(257);
+        assert_refused(&KEYED.replace("name: keyed", &format!("name: {long}")), "name", "at most 256 bytes");
+        graph(&KEYED.replace("name: keyed", &format!("name: {}", "x".repeat(256))));
+    }
+
+    #[test]
+    fn zero_job_parallelism_is_refused() {
+        assert_refused(&KEYED.replace("parallelism: 2", "parallelism: 0"), "parallelism", "is 0; must be at least 1");
+    }
+
+    #[test]
+    fn job_parallelism_above_max_is_refused() {
+        let yaml = KEYED.replace("parallelism: 2", "parallelism: 200");
+        assert_refused(&yaml, "parallelism", "above the max parallelism 128 (`max_parallelism`)");
+    }
+
+    #[test]
+    fn job_max_parallelism_out_of_range_is_refused() {
+        let yaml = KEYED.replace("parallelism: 2", "parallelism: 2\nmax_parallelism: 32769");
+        assert_refused(&yaml, "max_parallelism", "must be between 1 and 32768");
+        let yaml = KEYED.replace("parallelism: 2", "parallelism: 1\nmax_parallelism: 0");
+        assert_refused(&yaml, "max_parallelism", "is 0; must be between 1 and 32768");
+    }
+
+    #[test]
+    fn vertex_parallelism_out_of_range_is_refused() {
+        let yaml = KEYED.replace("  - id: counter\n", "  - id: counter\n    parallelism: 0\n");
+        assert_refused(&yaml, "vertices[1].parallelism", "is 0; must be at least 1");
+        let yaml = KEYED.replace("  - id: counter\n", "  - id: counter\n    parallelism: 9\n    max_parallelism: 8\n");
+        assert_refused(
+            &yaml,
+            "vertices[1].parallelism",
+            "is 9, above the max parallelism 8 (`vertices[1].max_parallelism`)",
+        );
+    }
+
+    #[test]
+    fn vertex_max_parallelism_out_of_range_is_refused() {
+        let yaml = KEYED.replace("  - id: counter\n", "  - id: counter\n    max_parallelism: 40000\n");
+        assert_refused(&yaml, "vertices[1].max_parallelism", "must be between 1 and 32768");
+    }
+
+    #[test]
+    fn inherited_parallelism_above_vertex_max_is_refused() {
+        let yaml = KEYED.replace("  - id: counter\n", "  - id: counter\n    max_parallelism: 1\n");
+        assert_refused(&yaml, "vertices[1].max_parallelism", "below the parallelism 2 the vertex inherits");
+    }
+
+    #[test]
+    fn vertex_settings_override_job_defaults() {
+        let yaml = KEYED.replace("  - id: counter\n", "  - id: counter\n    parallelism: 3\n    max_parallelism: 64\n");
+        let g = graph(&yaml);
+        let counter = g.vertex("counter").unwrap();
+        assert_eq!((counter.parallelism, counter.max_parallelism), (3, 64));
+        assert_eq!(g.slots_needed(), 3);
+    }
+
+    // -- Vertex ids.
+
+    #[test]
+    fn no_vertices_is_refused() {
+        assert_refused("name: j\nvertices: []\n", "vertices", "at least one vertex");
+    }
+
+    #[test]
+    fn duplicate_vertex_id_is_refused() {
+        let yaml = KEYED.replace("id: counter", "id: source").replace("to: counter", "to: source");
+        assert_refused(&yaml, "vertices[1].id", "`source` is also the id of vertices[0]");
+    }
+
+    #[test]
+    fn bad_vertex_ids_are_refused() {
+        assert_refused(&KEYED.replace("id: counter", "id: \"\""), "vertices[1].id", "must be 1 to 64 bytes");
+        let long = "c".repeat(65);
+        assert_refused(&KEYED.replace("id: counter", &format!("id: {long}")), "vertices[1].id", "65 bytes");
+        assert_refused(&KEYED.replace("id: counter", "id: co/unter"), "vertices[1].id", "contains '/'");
+        graph(&KEYED.replace("counter", "Count_er-2"));
+    }
+
+    // -- Edges.
+
+    #[test]
+    fn unknown_edge_endpoints_are_refused() {
+        let yaml = KEYED.replace("from: source", "from: sourse");
+        assert_refused(&yaml, "edges[0].from", "names no vertex (`sourse`); the vertices are `source`, `counter`");
+        assert_refused(&KEYED.replace("to: counter", "to: x"), "edges[0].to", "names no vertex (`x`)");
+    }
+
+    #[test]
+    fn self_loop_is_refused() {
+        let yaml = KEYED.replace(
+            "  - {from: source, to: counter}",
+            "  - {from: source, to: counter}\n  - {from: counter, to: counter}",
+        );
+        assert_refused(&yaml, "edges[1]", "goes from `counter` to itself");
+    }
+
+    #[test]
+    fn duplicate_edge_is_refused() {
+        let yaml = KEYED.replace(
+            "  - {from: source, to: counter}",
+            "  - {from: source, to: counter}\n  - {from: source, to: counter}",
+        );
+        assert_refused(&yaml, "edges[1]", "repeats edges[0] (`source` -> `counter`)");
+    }
+
+    #[test]
+    fn two_vertex_cycle_is_refused_naming_its_edges() {
+        let yaml = "name: j\nvertices:\n  - id: a\n    operators: [map: {fields: {x: \"1\"}}]\n  - id: b\n    operators: [map: {fields: {x: \"1\"}}]\n\
+                    edges:\n  - {from: a, to: b}\n  - {from: b, to: a}\n";
+        assert_refused(yaml, "edges[1]", "creates a cycle a -> b -> a (through edges[0], edges[1])");
+    }
+
+    #[test]
+    fn longer_cycle_behind_a_valid_prefix_is_refused() {
+        let yaml = r#"
+name: j
+vertices:
+  - {id: src, operators: [sequence: {}]}
+  - {id: a, operators: [map: {fields: {x: "1"}}]}
+  - {id: b, operators: [map: {fields: {x: "1"}}]}
+  - {id: c, operators: [map: {fields: {x: "1"}}]}
+  - {id: out, operators: [log]}
+edges:
+  - {from: src, to: a}
+  - {from: b, to: c}
+  - {from: a, to: b}
+  - {from: c, to: a}
+  - {from: c, to: out}
+"#;
+        assert_refused(yaml, "edges[3]", "creates a cycle a -> b -> c -> a (through edges[2], edges[1], edges[3])");
+    }
+
+    // -- Operator placement.
+
+    #[test]
+    fn empty_chain_is_refused() {
+        assert_refused(&single(""), "vertices[0].operators", "at least one operator");
+    }
+
+    #[test]
+    fn source_not_first_is_refused() {
+        let yaml = single("sequence: {}, sequence: {}, log");
+        assert_refused(&yaml, "vertices[0].operators[1]", "`sequence` is a source and may only be the first");
+    }
+
+    #[test]
+    fn source_with_inputs_is_refused() {
+        assert_refused(
+            &pair("files: {path: /in}, log", ""),
+            "vertices[1].operators[0]",
+            "has an input edge (edges[0])",
+        );
+    }
+
+    #[test]
+    fn vertex_without_inputs_must_start_with_a_source() {
+        let yaml = single("map: {fields: {x: \"1\"}}, log");
+        assert_refused(&yaml, "vertices[0].operators[0]", "has no input edges, so it must start with a source");
+    }
+
+    #[test]
+    fn sink_not_last_is_refused() {
+        let yaml = single("sequence: {}, log, blackhole");
+        assert_refused(&yaml, "vertices[0].operators[1]", "`log` is a sink and may only be the last");
+    }
+
+    #[test]
+    fn sink_with_outputs_is_refused() {
+        let yaml = pair("log", "").replace("operators: [sequence: {}]", "operators: [sequence: {}, blackhole]");
+        assert_refused(&yaml, "vertices[0].operators[1]", "`blackhole` is a sink, but vertex `a` has an output edge");
+    }
+
+    #[test]
+    fn vertex_without_outputs_must_end_with_a_sink() {
+        let yaml = single("sequence: {}, map: {fields: {x: \"1\"}}");
+        assert_refused(&yaml, "vertices[0].operators[1]", "has no output edges, so its last operator must be a sink");
+    }
+
+    #[test]
+    fn key_by_not_first_is_refused() {
+        let yaml = pair("map: {fields: {x: \"1\"}}, key_by: {field: x}, count, log", "");
+        assert_refused(&yaml, "vertices[1].operators[1]", "`key_by` may only be the first operator");
+        let yaml = single("sequence: {}, key_by: {field: seq}, count, log");
+        assert_refused(&yaml, "vertices[0].operators[1]", "`key_by` may only be the first operator");
+    }
+
+    #[test]
+    fn key_by_without_inputs_is_refused() {
+        let yaml = single("key_by: {field: seq}, count, log");
+        assert_refused(&yaml, "vertices[0].operators[0]", "`key_by` must open a vertex fed by an edge");
+    }
+
+    #[test]
+    fn keyed_aggregates_need_key_by() {
+        for op in ["count", "sum: {field: seq}", "min: {field: seq}", "max: {field: seq}"] {
+            let yaml = single(&format!("sequence: {{}}, {op}, log"));
+            assert_refused(&yaml, "vertices[0].operators[1]", "must start with `key_by`");
+        }
+        let window = "window: {size: 1s, time_field: t, aggregate: count}";
+        let yaml = pair(&format!("map: {{fields: {{t: seq}}}}, {window}, log"), "");
+        assert_refused(&yaml, "vertices[1].operators[1]", "`window` keeps keyed state");
+    }
+
+    // -- Operator settings.
+
+    #[test]
+    fn sequence_to_must_exceed_from() {
+        let yaml = single("sequence: {from: 10, to: 10}, log");
+        assert_refused(&yaml, "vertices[0].operators[0].sequence.to", "is 10, not above `from` (10)");
+    }
+
+    #[test]
+    fn sequence_rate_must_be_positive_and_finite() {
+        for rate in ["0", "-1.5", ".inf", ".nan"] {
+            let yaml = single(&format!("sequence: {{rate: {rate}}}, log"));
+            assert_refused(&yaml, "vertices[0].operators[0].sequence.rate", "must be a positive number");
+        }
+        graph(&single("sequence: {rate: 0.5}, log"));
+    }
+
+    #[test]
+    fn blank_paths_are_refused() {
+        assert_refused(&single("files: {path: \"\"}, log"), "vertices[0].operators[0].files.path", "is empty");
+        assert_refused(&single("sequence: {}, file: {path: \" \"}"), "vertices[0].operators[1].file.path", "is empty");
+    }
+
+    #[test]
+    fn map_needs_fields_and_expressions() {
+        let yaml = single("sequence: {}, map: {fields: {}}, log");
+        assert_refused(&yaml, "vertices[0].operators[1].map.fields", "give at least one `name: expression`");
+        let yaml = single("sequence: {}, map: {fields: {k: \"\"}}, log");
+        assert_refused(&yaml, "vertices[0].operators[1].map.fields.k", "is empty; give an expression");
+        let yaml = single("sequence: {}, map: {fields: {\"\": seq}}, log");
+        assert_refused(&yaml, "vertices[0].operators[1].map.fields", "empty field name");
+    }
+
+    #[test]
+    fn filter_needs_an_expression() {
+        let yaml = single("sequence: {}, filter: {expr: \"  \"}, log");
+        assert_refused(&yaml, "vertices[0].operators[1].filter.expr", "give a boolean expression");
+    }
+
+    #[test]
+    fn key_by_needs_a_field() {
+        assert_refused(
+            &pair("key_by: {field: \"\"}, count, log", ""),
+            "vertices[1].operators[0].key_by.field",
+            "is empty",
+        );
+    }
+
+    #[test]
+    fn count_takes_no_field() {
+        let yaml = pair("key_by: {field: seq}, count: {field: seq}, log", "");
+        assert_refused(&yaml, "vertices[1].operators[1].count.field", "`count` counts records and reads no field");
+    }
+
+    #[test]
+    fn sum_min_max_need_a_field() {
+        for op in ["sum", "min", "max"] {
+            let yaml = pair(&format!("key_by: {{field: seq}}, {op}: {{}}, log"), "");
+            assert_refused(&yaml, &format!("vertices[1].operators[1].{op}.field"), "is missing");
+        }
+    }
+
+    #[test]
+    fn output_must_not_overwrite_the_key() {
+        let yaml = pair("key_by: {field: seq}, sum: {field: seq, output: seq}, log", "");
+        assert_refused(&yaml, "vertices[1].operators[1].sum.output", "would overwrite");
+    }
+
+    #[test]
+    fn window_settings_are_checked() {
+        let window = |settings: &str| pair(&format!("key_by: {{field: seq}}, window: {{{settings}}}, log"), "");
+        let prefix = "vertices[1].operators[1].window";
+        assert_refused(&window("size: 0, time_field: t, aggregate: count"), &format!("{prefix}.size"), "is 0");
+        assert_refused(&window("size: 1s, time_field: t, aggregate: sum"), &format!("{prefix}.field"), "is missing");
+        let yaml = window("size: 1s, time_field: t, aggregate: count, field: x");
+        assert_refused(&yaml, &format!("{prefix}.field"), "is not allowed");
+        let yaml = window("size: 1s, time_field: \"\", aggregate: count");
+        assert_refused(&yaml, &format!("{prefix}.time_field"), "is empty");
+        let yaml = window("size: 1s, time_field: t, aggregate: max, field: x, output: window_end");
+        assert_refused(&yaml, &format!("{prefix}.output"), "would overwrite");
+        graph(&window("size: 1min, time_field: t, aggregate: max, field: x, allowed_lateness: 5s"));
+    }
+
+    // -- Partitioning.
+
+    #[test]
+    fn default_partitioning_is_forward_for_equal_parallelism() {
+        let g = graph(&pair("map: {fields: {x: \"1\"}}, log", ""));
+        assert_eq!(g.edges[0].partitioning, Partitioning::Forward);
+    }
+
+    #[test]
+    fn default_partitioning_is_rebalance_for_unequal_parallelism() {
+        let yaml = pair("map: {fields: {x: \"1\"}}, log", "").replace("  - id: b\n", "  - id: b\n    parallelism: 3\n");
+        assert_eq!(graph(&yaml).edges[0].partitioning, Partitioning::Rebalance);
+    }
+
+    #[test]
+    fn default_partitioning_is_hash_into_key_by() {
+        assert_eq!(graph(&pair("key_by: {field: seq}, count, log", "")).edges[0].partitioning, Partitioning::Hash);
+    }
+
+    #[test]
+    fn explicit_partitioning_is_kept() {
+        let g = graph(&pair("map: {fields: {x: \"1\"}}, log", ", partitioning: rebalance"));
+        assert_eq!(g.edges[0].partitioning, Partitioning::Rebalance);
+        assert_eq!(g.spec.edges[0].partitioning, Some(Partitioning::Rebalance));
+    }
+
+    #[test]
+    fn forward_needs_equal_parallelism() {
+        let yaml = pair("log", ", partitioning: forward").replace("  - id: b\n", "  - id: b\n    parallelism: 4\n");
+        assert_refused(
+            &yaml,
+            "edges[0].partitioning",
+            "needs equal parallelism on both sides, but `a` has 1 and `b` has 4",
+        );
+    }
+
+    #[test]
+    fn hash_needs_key_by_downstream() {
+        let yaml = pair("log", ", partitioning: hash");
+        assert_refused(
+            &yaml,
+            "edges[0].partitioning",
+            "hash partitioning needs the downstream vertex to start with key_by",
+        );
+    }
+
+    #[test]
+    fn key_by_needs_hash_upstream() {
+        let yaml = pair("key_by: {field: seq}, count, log", ", partitioning: rebalance");
+        assert_refused(&yaml, "edges[0].partitioning", "is `rebalance`, but `b` starts with `key_by`");
+    }
+
+    #[test]
+    fn unknown_partitioning_names_the_field() {
+        let yaml = pair("log", ", partitioning: broadcast");
+        assert_refused(
+            &yaml,
+            "edges[0].partitioning",
+            "unknown variant `broadcast`, expected one of `forward`, `hash`, `rebalance`",
+        );
+    }
+
+    // -- Checkpoints.
+
+    #[test]
+    fn checkpoint_interval_below_minimum_is_refused() {
+        let yaml = KEYED.replace("interval: 1s", "interval: 5ms");
+        assert_refused(&yaml, "checkpoints.interval", "is 5ms; must be at least 10ms");
+    }
+
+    #[test]
+    fn checkpoint_timeout_below_minimum_is_refused() {
+        let yaml = KEYED.replace("interval: 1s", "interval: 1s, timeout: 0");
+        assert_refused(&yaml, "checkpoints.timeout", "must be at least 10ms");
+    }
+
+    #[test]
+    fn retained_checkpoints_out_of_range_is_refused() {
+        for retained in [0, 1001] {
+            let yaml = KEYED.replace("interval: 1s", &format!("interval: 1s, retained: {retained}"));
+            assert_refused(&yaml, "checkpoints.retained", "must be between 1 and 1000");
+        }
+    }
+
+    #[test]
+    fn blank_checkpoint_dir_is_refused() {
+        let yaml = KEYED.replace("interval: 1s", "interval: 1s, dir: \"\"");
+        assert_refused(&yaml, "checkpoints.dir", "is empty");
+    }
+
+    #[test]
+    fn checkpointing_is_disabled_without_interval() {
+        let g = graph(&KEYED.replace("checkpoints: {interval: 1s}", "checkpoints: {timeout: 1min}"));
+        assert!(!g.checkpointing_enabled());
+        assert_eq!(g.restart_strategy(), RestartStrategySpec::None);
+    }
+
+    // -- Restart strategies.
+
+    fn with_restart(strategy: &str) -> String {
+        format!("{KEYED}restart_strategy: {{{strategy}}}\n")
+    }
+
+    #[test]
+    fn default_restart_strategy_follows_checkpointing() {
+        let fixed = RestartStrategySpec::FixedDelay { attempts: i32::MAX as u32, delay: DurationMs(1000) };
+        assert_eq!(graph(KEYED).restart_strategy(), fixed);
+    }
+
+    #[test]
+    fn restart_strategies_get_flinks_defaults() {
+        let g = graph(&with_restart("type: failure-rate"));
+        let expected = RestartStrategySpec::FailureRate {
+            max_failures_per_interval: 1,
+            failure_rate_interval: DurationMs(60_000),
+            delay: DurationMs(1000),
+        };
+        assert_eq!(g.restart_strategy(), expected);
+        let g = graph(&with_restart("type: exponential-delay"));
+        let expected = RestartStrategySpec::ExponentialDelay {
+            initial_backoff: DurationMs(1000),
+            max_backoff: DurationMs(60_000),
+            backoff_multiplier: 1.5,
+            reset_backoff_threshold: DurationMs(3_600_000),
+            jitter_factor: 0.1,
+            attempts_before_reset_backoff: i32::MAX as u32,
+        };
+        assert_eq!(g.restart_strategy(), expected);
+        let g = graph(&with_restart("type: fixed-delay, attempts: 0, delay: 10s"));
+        assert_eq!(g.restart_strategy(), RestartStrategySpec::FixedDelay { attempts: 0, delay: DurationMs(10_000) });
+        assert_eq!(graph(&with_restart("type: none")).restart_strategy(), RestartStrategySpec::None);
+    }
+
+    #[test]
+    fn failure_rate_parameters_are_checked() {
+        let yaml = with_restart("type: failure-rate, max_failures_per_interval: 0");
+        assert_refused(&yaml, "restart_strategy.max_failures_per_interval", "must be at least 1");
+        let yaml = with_restart("type: failure-rate, failure_rate_interval: 0");
+        assert_refused(&yaml, "restart_strategy.failure_rate_interval", "must be longer than 0");
+    }
+
+    #[test]
+    fn exponential_delay_parameters_are_checked() {
+        let yaml = with_restart("type: exponential-delay, initial_backoff: 2min");
+        assert_refused(&yaml, "restart_strategy.max_backoff", "below `initial_backoff` (120000ms)");
+        for multiplier in ["0.5", ".inf", ".nan"] {
+            let yaml = with_restart(&format!("type: exponential-delay, backoff_multiplier: {multiplier}"));
+            assert_refused(&yaml, "restart_strategy.backoff_multiplier", "must be a number of at least 1.0");
+        }
+        for jitter in ["-0.1", "1.5", ".nan"] {
+            let yaml = with_restart(&format!("type: exponential-delay, jitter_factor: {jitter}"));
+            assert_refused(&yaml, "restart_strategy.jitter_factor", "must be between 0.0 and 1.0");
+        }
+    }
+
+    // -- Savepoint.
+
+    #[test]
+    fn savepoint_restore_is_read() {
+        let g = graph(&format!("{KEYED}savepoint: {{path: /sp/1}}\n"));
+        let savepoint = g.spec.savepoint.unwrap();
+        assert_eq!((savepoint.path.as_str(), savepoint.allow_non_restored_state), ("/sp/1", false));
+    }
+
+    #[test]
+    fn blank_savepoint_path_is_refused() {
+        assert_refused(&format!("{KEYED}savepoint: {{path: \"\"}}\n"), "savepoint.path", "is empty");
+        assert_refused(&format!("{KEYED}savepoint: {{}}\n"), "savepoint.path", "missing field `path`");
+    }
+
+    // -- Graph shape.
+
+    /// Vertices listed downstream-first, plus a second, unconnected pipeline.
+    const SHUFFLED: &str = r#"
+name: shuffled
+vertices:
+  - {id: sink, operators: [log]}
+  - {id: other-src, operators: [sequence: {}]}
+  - {id: mid, operators: [map: {fields: {x: "1"}}]}
+  - {id: src, operators: [sequence: {}]}
+  - {id: other-sink, operators: [blackhole]}
+edges:
+  - {from: mid, to: sink}
+  - {from: src, to: mid}
+  - {from: other-src, to: other-sink}
+"#;
+
+    #[test]
+    fn vertices_are_in_stable_topological_order() {
+        let g = graph(SHUFFLED);
+        let ids: Vec<&str> = g.vertices.iter().map(|v| v.id.as_str()).collect();
+        assert_eq!(ids, ["other-src", "src", "mid", "sink", "other-sink"]);
+        for edge in &g.edges {
+            assert!(edge.from < edge.to, "{edge:?}");
+        }
+        // Edge indexes are the spec's; endpoints point into the reordered vertices.
+        assert_eq!((g.edges[0].from, g.edges[0].to), (2, 3));
+        assert_eq!(g.vertex("mid").unwrap().inputs, vec![1]);
+        assert_eq!(g.vertex("mid").unwrap().outputs, vec![0]);
+    }
+
+    #[test]
+    fn components_are_weakly_connected_sets() {
+        assert_eq!(graph(SHUFFLED).components(), vec![vec![0, 4], vec![1, 2, 3]]);
+        assert_eq!(graph(KEYED).components(), vec![vec![0, 1]]);
+    }
+
+    #[test]
+    fn diamond_is_one_component() {
+        let yaml = r#"
+name: diamond
+vertices:
+  - {id: s, operators: [sequence: {}]}
+  - {id: l, operators: [map: {fields: {x: "1"}}]}
+  - {id: r, operators: [map: {fields: {x: "2"}}]}
+  - {id: k, operators: [key_by: {field: x}, count, log]}
+edges:
+  - {from: s, to: l}
+  - {from: s, to: r}
+  - {from: l, to: k}
+  - {from: r, to: k}
+"#;
+        let g = graph(yaml);
+        assert_eq!(g.components(), vec![vec![0, 1, 2, 3]]);
+        assert_eq!(g.vertex("k").unwrap().inputs, vec![2, 3]);
+    }
+
+    // -- Canonical JSON.
+
+    #[test]
+    fn yaml_and_equivalent_json_give_the_same_canonical_json() {
+        let json = r#"{
+          "checkpoints": {"interval": 1000},
+          "edges": [{"to": "counter", "from": "source"}],
+          "vertices": [
+            {"operators": [{"sequence": {"to": 100}}, {"map": {"fields": {"k": "seq % 10"}}}], "id": "source"},
+            {"id": "counter", "operators": [{"key_by": {"field": "k"}}, {"count": {}}, {"log": {}}]}
+          ],
+          "parallelism": 2,
+          "name": "keyed"
+        }"#;
+        let (from_yaml, from_json) = (graph(KEYED), graph(json));
+        assert_eq!(from_yaml.canonical_json, from_json.canonical_json);
+        assert_eq!(from_yaml, from_json);
+    }
+
+    #[test]
+    fn canonical_json_round_trips() {
+        for yaml in
+            [KEYED.to_string(), SHUFFLED.to_string(), with_restart("type: exponential-delay, jitter_factor: 0.3")]
+        {
+            let g = graph(&yaml);
+            assert_eq!(JobGraph::from_canonical_json(&g.canonical_json), Ok(g.clone()));
+        }
+    }
+
+    #[test]
+    fn canonical_json_keeps_map_fields_sorted() {
+        let g = graph(&single("sequence: {}, map: {fields: {z: \"1\", a: \"2\"}}, log"));
+        assert!(g.canonical_json.contains(r#""fields":{"a":"2","z":"1"}"#), "{}", g.canonical_json);
+    }
 }
