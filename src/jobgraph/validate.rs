@@ -418,7 +418,9 @@ fn check_chain_ends(index: usize, vertex: &VertexSpec, wiring: &Wiring) -> Resul
 
 /// Checks one operator's own settings; `key` is the vertex's key field, if it starts with `key_by`.
 fn check_settings(field: &str, operator: &OperatorSpec, key: Option<&str>) -> Result<(), SpecError> {
-    let at = |name: &str| format!("{field}.{}.{name}", operator.name());
+    // Settings paths run through the operator's name: `vertices[0].operators[2].sum.field`.
+    let prefix = format!("{field}.{}.", operator.name());
+    let at = |name: &str| format!("{prefix}{name}");
     match operator {
         OperatorSpec::Sequence(sequence) => {
             if let Some(to) = sequence.to.filter(|&to| to <= sequence.from) {
@@ -434,11 +436,11 @@ fn check_settings(field: &str, operator: &OperatorSpec, key: Option<&str>) -> Re
         OperatorSpec::Map(map) => check_map_fields(&at("fields"), &map.fields)?,
         OperatorSpec::Filter(filter) => require_non_blank(&at("expr"), &filter.expr, "a boolean expression")?,
         OperatorSpec::KeyBy(key_by) => require_non_blank(&at("field"), &key_by.field, "the key field's name")?,
-        OperatorSpec::Count(aggregate) => check_aggregate(&at(""), "count", aggregate, false, key)?,
+        OperatorSpec::Count(aggregate) => check_aggregate(&prefix, "count", aggregate, false, key)?,
         OperatorSpec::Sum(aggregate) | OperatorSpec::Min(aggregate) | OperatorSpec::Max(aggregate) => {
-            check_aggregate(&at(""), operator.name(), aggregate, true, key)?
+            check_aggregate(&prefix, operator.name(), aggregate, true, key)?
         }
-        OperatorSpec::Window(window) => check_window(&at(""), window, key)?,
+        OperatorSpec::Window(window) => check_window(&prefix, window, key)?,
         OperatorSpec::File(file) => require_non_blank(&at("path"), &file.path, "the output directory")?,
         OperatorSpec::Log(_) | OperatorSpec::Blackhole(_) => {}
     }
@@ -1299,5 +1301,55 @@ edges:
     fn canonical_json_keeps_map_fields_sorted() {
         let g = graph(&single("sequence: {}, map: {fields: {z: \"1\", a: \"2\"}}, log"));
         assert!(g.canonical_json.contains(r#""fields":{"a":"2","z":"1"}"#), "{}", g.canonical_json);
+    }
+
+    proptest::proptest! {
+        /// A pipeline listed in any order, with any parallelisms, resolves to a topological order and survives the
+        /// trip through its canonical JSON.
+        #[test]
+        fn any_pipeline_orders_and_round_trips(
+            order in proptest::sample::subsequence((0..6usize).collect::<Vec<_>>(), 1..=6).prop_shuffle(),
+            parallelisms in proptest::collection::vec(1u32..5, 6),
+            keyed in proptest::collection::vec(proptest::bool::ANY, 6),
+        ) {
+            let yaml = pipeline(&order, &parallelisms, &keyed);
+            let g = graph(&yaml);
+            proptest::prop_assert!(g.edges.iter().all(|e| e.from < e.to));
+            proptest::prop_assert_eq!(g.components().len(), 1);
+            proptest::prop_assert_eq!(JobGraph::from_canonical_json(&g.canonical_json), Ok(g.clone()));
+        }
+    }
+
+    use proptest::strategy::Strategy;
+
+    /// A linear pipeline over stages `0..order.len()`, written in the vertex order `order` (a permutation of some
+    /// stage numbers, renumbered by rank): stage 0 is a source, the last a sink, `keyed` stages start with `key_by`.
+    fn pipeline(order: &[usize], parallelisms: &[u32], keyed: &[bool]) -> String {
+        let mut ranked: Vec<usize> = order.to_vec();
+        ranked.sort_unstable();
+        let stage = |v: usize| ranked.iter().position(|&r| r == v).unwrap();
+        let last = order.len() - 1;
+        let mut yaml = String::from("name: p\nmax_parallelism: 8\nvertices:\n");
+        for &v in order {
+            let s = stage(v);
+            let mut ops = Vec::new();
+            match s {
+                0 => ops.push("sequence: {to: 10}".to_string()),
+                _ if keyed[s] => ops.extend(["key_by: {field: seq}".to_string(), "count".to_string()]),
+                _ => ops.push(format!("map: {{fields: {{x: \"{s}\"}}}}")),
+            }
+            if s == last {
+                ops.push("log".to_string());
+            }
+            yaml += &format!("  - {{id: v{s}, parallelism: {}, operators: [{}]}}\n", parallelisms[s], ops.join(", "));
+        }
+        yaml += "edges:\n";
+        for s in 1..=last {
+            yaml += &format!("  - {{from: v{}, to: v{s}}}\n", s - 1);
+        }
+        if last == 0 {
+            yaml += "  []\n";
+        }
+        yaml
     }
 }
