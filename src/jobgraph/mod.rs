@@ -16,6 +16,12 @@ pub use spec::*;
 
 /// Largest spec accepted, in bytes.
 pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
+/// Longest job name, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Longest vertex id, in bytes.
+pub const MAX_VERTEX_ID_BYTES: usize = 64;
+/// Shortest checkpoint interval and timeout accepted, in milliseconds (as Flink's minimum interval).
+pub const MIN_CHECKPOINT_INTERVAL_MS: u64 = 10;
 
 /// Why a spec was refused: the offending field, by path, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -91,9 +91,13 @@ pub enum Partitioning {
     Rebalance,
 }
 
-/// One operator of a chain. Written as a single-key mapping, e.g. `{map: {fields: {k: "seq % 10"}}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+/// One operator of a chain. Written as a single-key mapping, e.g. `{map: {fields: {k: "seq % 10"}}}`; the sinks
+/// without required settings may also be written bare (`- blackhole`, `- log`) or with an empty or null value.
+///
+/// Serialized externally tagged (`{"map": {...}}`). Deserialized by hand (see the `Deserialize` impl below) so that
+/// an unknown operator name gets an error listing the known ones, and so that YAML and JSON accept the same forms.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OperatorSpec {
     // -- sources: only as the first operator of a vertex without inputs.
     /// Deterministic sequence of records `{"seq": n}` for n in `from..to`, split across subtasks.
@@ -180,7 +184,7 @@ pub struct KeyByOperator {
 }
 
 /// Settings of the keyed running aggregates `count`, `sum`, `min`, `max`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateOperator {
     /// The numeric field aggregated; required for sum/min/max, not allowed for count.
@@ -286,53 +290,311 @@ impl Default for CheckpointSpec {
 }
 
 /// Flink's restart strategies, with Flink's parameter names and defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+///
+/// Written as a mapping with a `type` (`none`, `fixed-delay`, `failure-rate`, `exponential-delay`) and that type's
+/// parameters. Serialized internally tagged; deserialized by hand through one flat struct so that an error in a
+/// parameter is reported at its own path (`restart_strategy.delay`), which serde's buffered internally tagged
+/// enums cannot do.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
 pub enum RestartStrategySpec {
     /// Never restart: the first failure fails the job.
     None,
     /// Restart up to `attempts` times, waiting `delay` before each.
     FixedDelay {
         /// Restarts allowed. Flink's default: effectively unlimited (i32::MAX).
-        #[serde(default = "default_fixed_delay_attempts")]
         attempts: u32,
         /// Wait before each restart. Default 1 s.
-        #[serde(default = "default_one_second")]
         delay: DurationMs,
     },
     /// Restart while fewer than `max_failures_per_interval` failures happened within `failure_rate_interval`.
     FailureRate {
         /// Failures allowed per interval. Default 1.
-        #[serde(default = "one")]
         max_failures_per_interval: u32,
         /// The sliding interval. Default 1 min.
-        #[serde(default = "default_one_minute")]
         failure_rate_interval: DurationMs,
         /// Wait before each restart. Default 1 s.
-        #[serde(default = "default_one_second")]
         delay: DurationMs,
     },
     /// Exponentially growing delays, reset after a quiet period, with jitter (Flink's defaults).
     ExponentialDelay {
         /// First delay. Default 1 s.
-        #[serde(default = "default_one_second")]
         initial_backoff: DurationMs,
         /// Cap on the delay. Default 1 min.
-        #[serde(default = "default_one_minute")]
         max_backoff: DurationMs,
         /// Factor applied per failure. Default 1.5.
-        #[serde(default = "default_backoff_multiplier")]
         backoff_multiplier: f64,
         /// Running this long without failure resets the delay to `initial_backoff`. Default 1 h.
-        #[serde(default = "default_one_hour")]
         reset_backoff_threshold: DurationMs,
         /// Random spread around each delay, 0.0 ..= 1.0. Default 0.1.
-        #[serde(default = "default_jitter_factor")]
         jitter_factor: f64,
         /// Restarts allowed. Default effectively unlimited.
-        #[serde(default = "default_fixed_delay_attempts")]
         attempts_before_reset_backoff: u32,
     },
+}
+
+impl OperatorSpec {
+    /// Every operator name, as written in a spec, in documentation order.
+    pub const NAMES: &'static [&'static str] = &[
+        "sequence",
+        "files",
+        "map",
+        "filter",
+        "key_by",
+        "count",
+        "sum",
+        "min",
+        "max",
+        "window",
+        "file",
+        "log",
+        "blackhole",
+    ];
+
+    /// The operator's name as written in a spec (`map`, `key_by`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Sequence(_) => "sequence",
+            Self::Files(_) => "files",
+            Self::Map(_) => "map",
+            Self::Filter(_) => "filter",
+            Self::KeyBy(_) => "key_by",
+            Self::Count(_) => "count",
+            Self::Sum(_) => "sum",
+            Self::Min(_) => "min",
+            Self::Max(_) => "max",
+            Self::Window(_) => "window",
+            Self::File(_) => "file",
+            Self::Log(_) => "log",
+            Self::Blackhole(_) => "blackhole",
+        }
+    }
+
+    /// Whether this is a source (`sequence`, `files`): it produces records and has no input.
+    pub fn is_source(&self) -> bool {
+        matches!(self, Self::Sequence(_) | Self::Files(_))
+    }
+
+    /// Whether this is a sink (`file`, `log`, `blackhole`): it consumes records and has no output.
+    pub fn is_sink(&self) -> bool {
+        matches!(self, Self::File(_) | Self::Log(_) | Self::Blackhole(_))
+    }
+
+    /// Whether this operator keeps keyed state and so needs the vertex to start with `key_by`.
+    pub fn is_keyed(&self) -> bool {
+        matches!(self, Self::Count(_) | Self::Sum(_) | Self::Min(_) | Self::Max(_) | Self::Window(_))
+    }
+}
+
+impl WindowAggregate {
+    /// The aggregate's name as written in a spec, which is also its default output field.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Count => "count",
+            Self::Sum => "sum",
+            Self::Min => "min",
+            Self::Max => "max",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OperatorSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(OperatorVisitor)
+    }
+}
+
+/// Reads `{name: settings}`, or a bare name for the operators whose settings are all optional.
+struct OperatorVisitor;
+
+impl<'de> serde::de::Visitor<'de> for OperatorVisitor {
+    type Value = OperatorSpec;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an operator: a mapping with one key naming it, e.g. `map: {fields: {k: \"seq % 10\"}}`")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<OperatorSpec, E> {
+        match name {
+            "count" => Ok(OperatorSpec::Count(AggregateOperator::default())),
+            "log" => Ok(OperatorSpec::Log(LogSink::default())),
+            "blackhole" => Ok(OperatorSpec::Blackhole(BlackholeSink::default())),
+            known if OperatorSpec::NAMES.contains(&known) => {
+                Err(E::custom(format!("operator `{known}` needs settings; write it as `{known}: {{...}}`")))
+            }
+            unknown => Err(E::custom(unknown_operator(unknown))),
+        }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<OperatorSpec, A::Error> {
+        use serde::de::Error;
+        let Some(name) = map.next_key::<String>()? else {
+            return Err(A::Error::custom("an operator is a mapping with one key naming it; this one is empty"));
+        };
+        let operator = match name.as_str() {
+            "sequence" => OperatorSpec::Sequence(map.next_value()?),
+            "files" => OperatorSpec::Files(map.next_value()?),
+            "map" => OperatorSpec::Map(map.next_value()?),
+            "filter" => OperatorSpec::Filter(map.next_value()?),
+            "key_by" => OperatorSpec::KeyBy(map.next_value()?),
+            "count" => OperatorSpec::Count(next_optional_settings(&mut map)?),
+            "sum" => OperatorSpec::Sum(map.next_value()?),
+            "min" => OperatorSpec::Min(map.next_value()?),
+            "max" => OperatorSpec::Max(map.next_value()?),
+            "window" => OperatorSpec::Window(map.next_value()?),
+            "file" => OperatorSpec::File(map.next_value()?),
+            "log" => OperatorSpec::Log(next_optional_settings(&mut map)?),
+            "blackhole" => OperatorSpec::Blackhole(next_optional_settings(&mut map)?),
+            unknown => return Err(A::Error::custom(unknown_operator(unknown))),
+        };
+        if let Some(extra) = map.next_key::<String>()? {
+            return Err(A::Error::custom(format!(
+                "an operator is a mapping with exactly one key, but this one has `{name}` and `{extra}`; \
+                 put each operator in its own list item"
+            )));
+        }
+        Ok(operator)
+    }
+}
+
+/// Settings that may be omitted entirely (`count: {}`, `log: ~`, `blackhole:`): null means all defaults.
+fn next_optional_settings<'de, A, T>(map: &mut A) -> Result<T, A::Error>
+where
+    A: serde::de::MapAccess<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(map.next_value::<Option<T>>()?.unwrap_or_default())
+}
+
+fn unknown_operator(name: &str) -> String {
+    format!("unknown operator `{name}`; expected one of {}", OperatorSpec::NAMES.join(", "))
+}
+
+impl<'de> Deserialize<'de> for RestartStrategySpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        RawRestartStrategy::deserialize(deserializer)?.resolve().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The restart strategy as written: a type and every parameter of every type, each optional. Resolved into a
+/// [`RestartStrategySpec`] by [`RawRestartStrategy::resolve`], which refuses parameters of another type.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRestartStrategy {
+    #[serde(rename = "type")]
+    kind: RestartStrategyKind,
+    #[serde(default)]
+    attempts: Option<u32>,
+    #[serde(default)]
+    delay: Option<DurationMs>,
+    #[serde(default)]
+    max_failures_per_interval: Option<u32>,
+    #[serde(default)]
+    failure_rate_interval: Option<DurationMs>,
+    #[serde(default)]
+    initial_backoff: Option<DurationMs>,
+    #[serde(default)]
+    max_backoff: Option<DurationMs>,
+    #[serde(default)]
+    backoff_multiplier: Option<f64>,
+    #[serde(default)]
+    reset_backoff_threshold: Option<DurationMs>,
+    #[serde(default)]
+    jitter_factor: Option<f64>,
+    #[serde(default)]
+    attempts_before_reset_backoff: Option<u32>,
+}
+
+/// The `type` of a restart strategy.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum RestartStrategyKind {
+    None,
+    FixedDelay,
+    FailureRate,
+    ExponentialDelay,
+}
+
+impl RestartStrategyKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::FixedDelay => "fixed-delay",
+            Self::FailureRate => "failure-rate",
+            Self::ExponentialDelay => "exponential-delay",
+        }
+    }
+
+    /// The parameters this type takes.
+    fn parameters(self) -> &'static [&'static str] {
+        match self {
+            Self::None => &[],
+            Self::FixedDelay => &["attempts", "delay"],
+            Self::FailureRate => &["max_failures_per_interval", "failure_rate_interval", "delay"],
+            Self::ExponentialDelay => &[
+                "initial_backoff",
+                "max_backoff",
+                "backoff_multiplier",
+                "reset_backoff_threshold",
+                "jitter_factor",
+                "attempts_before_reset_backoff",
+            ],
+        }
+    }
+}
+
+impl RawRestartStrategy {
+    /// The names of the parameters that were written.
+    fn written_parameters(&self) -> Vec<&'static str> {
+        let written = [
+            ("attempts", self.attempts.is_some()),
+            ("delay", self.delay.is_some()),
+            ("max_failures_per_interval", self.max_failures_per_interval.is_some()),
+            ("failure_rate_interval", self.failure_rate_interval.is_some()),
+            ("initial_backoff", self.initial_backoff.is_some()),
+            ("max_backoff", self.max_backoff.is_some()),
+            ("backoff_multiplier", self.backoff_multiplier.is_some()),
+            ("reset_backoff_threshold", self.reset_backoff_threshold.is_some()),
+            ("jitter_factor", self.jitter_factor.is_some()),
+            ("attempts_before_reset_backoff", self.attempts_before_reset_backoff.is_some()),
+        ];
+        written.into_iter().filter(|(_, is_written)| *is_written).map(|(name, _)| name).collect()
+    }
+
+    /// Refuses parameters that belong to another type, then fills in Flink's defaults.
+    fn resolve(self) -> Result<RestartStrategySpec, String> {
+        let allowed = self.kind.parameters();
+        if let Some(foreign) = self.written_parameters().into_iter().find(|name| !allowed.contains(name)) {
+            // Phrased like serde's own message so the parser reports it at `restart_strategy.<foreign>`.
+            let expected = match allowed {
+                [] => "it takes no parameters".to_string(),
+                _ => format!("it takes {}", allowed.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")),
+            };
+            return Err(format!("unknown field `{foreign}` for restart strategy `{}`; {expected}", self.kind.name()));
+        }
+        Ok(match self.kind {
+            RestartStrategyKind::None => RestartStrategySpec::None,
+            RestartStrategyKind::FixedDelay => RestartStrategySpec::FixedDelay {
+                attempts: self.attempts.unwrap_or_else(default_fixed_delay_attempts),
+                delay: self.delay.unwrap_or_else(default_one_second),
+            },
+            RestartStrategyKind::FailureRate => RestartStrategySpec::FailureRate {
+                max_failures_per_interval: self.max_failures_per_interval.unwrap_or_else(one),
+                failure_rate_interval: self.failure_rate_interval.unwrap_or_else(default_one_minute),
+                delay: self.delay.unwrap_or_else(default_one_second),
+            },
+            RestartStrategyKind::ExponentialDelay => RestartStrategySpec::ExponentialDelay {
+                initial_backoff: self.initial_backoff.unwrap_or_else(default_one_second),
+                max_backoff: self.max_backoff.unwrap_or_else(default_one_minute),
+                backoff_multiplier: self.backoff_multiplier.unwrap_or_else(default_backoff_multiplier),
+                reset_backoff_threshold: self.reset_backoff_threshold.unwrap_or_else(default_one_hour),
+                jitter_factor: self.jitter_factor.unwrap_or_else(default_jitter_factor),
+                attempts_before_reset_backoff: self
+                    .attempts_before_reset_backoff
+                    .unwrap_or_else(default_fixed_delay_attempts),
+            },
+        })
+    }
 }
 
 /// Restoring a new job from a savepoint or retained checkpoint.
@@ -410,7 +672,9 @@ impl<'de> Deserialize<'de> for DurationMs {
                 Ok(DurationMs(v))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DurationMs, E> {
-                u64::try_from(v).map(DurationMs).map_err(|_| E::custom("a duration cannot be negative"))
+                u64::try_from(v)
+                    .map(DurationMs)
+                    .map_err(|_| E::custom(format!("`{v}` is negative; a duration cannot be negative")))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationMs, E> {
                 parse_duration(v).map(DurationMs).map_err(E::custom)
@@ -423,11 +687,17 @@ impl<'de> Deserialize<'de> for DurationMs {
 /// Parses `"500ms"`, `"10 s"`, `"1min"`, `"2 h"`, `"3 days"` or a bare number of milliseconds.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
     let text = text.trim();
+    if text.starts_with('-') {
+        return Err(format!("`{text}` is negative; a duration cannot be negative"));
+    }
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: u64 = number
         .parse()
         .map_err(|_| format!("`{text}` is not a duration; write e.g. \"500ms\", \"10 s\" or \"1min\""))?;
+    if unit.starts_with('.') || unit.starts_with(',') {
+        return Err(format!("`{text}` has a fraction; write a whole number of a smaller unit, e.g. \"1500ms\""));
+    }
     let factor = match unit.trim() {
         "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => 1,
         "s" | "sec" | "secs" | "second" | "seconds" => 1000,
