@@ -28,14 +28,14 @@ async fn the_client_api_validates_input_and_serves_any_replica() {
     assert!(bad.message().contains("name"), "{}", bad.message());
     let bad = via_follower
         .submit_job(pb::SubmitJobRequest {
-            spec: b"name: a\ncheckpoints: {retained: 0}".to_vec(),
+            spec: format!("{}checkpoints: {{retained: 0}}\n", common::minimal_spec("a")).into_bytes(),
             idempotency_key: "k".into(),
         })
         .await
         .unwrap_err();
     assert!(bad.message().contains("checkpoints.retained"), "{}", bad.message());
     let no_key = via_follower
-        .submit_job(pb::SubmitJobRequest { spec: b"name: a".to_vec(), idempotency_key: String::new() })
+        .submit_job(pb::SubmitJobRequest { spec: common::minimal_spec("a").into_bytes(), idempotency_key: String::new() })
         .await
         .unwrap_err();
     assert_eq!(no_key.code(), Code::InvalidArgument);

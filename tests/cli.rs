@@ -36,7 +36,8 @@ async fn job_and_cluster_commands_work_against_any_replica() {
     // Only a follower and a dead address are given: the CLI skips the dead one.
     let addrs = format!("127.0.0.1:1,{}", cluster.addr(follower));
     let spec = cluster.dir.path().join("job.yaml");
-    std::fs::write(&spec, "name: clicks-per-minute\ncheckpoints:\n  retained: 2\n").unwrap();
+    let text = format!("{}checkpoints:\n  retained: 2\n", common::minimal_spec("clicks-per-minute"));
+    std::fs::write(&spec, text).unwrap();
 
     let out = run(&["job", "submit", spec.to_str().unwrap(), "-o", "json"], &addrs);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -147,15 +148,29 @@ async fn jm_local_runs_a_cluster_reports_a_dead_replica_and_stops_cleanly() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let file: serde_json::Value = serde_json::from_slice(&std::fs::read(data.join("cluster.json")).unwrap()).unwrap();
-    let procs = file["processes"].as_array().unwrap().clone();
+    let all = file["processes"].as_array().unwrap().clone();
+    let all_pids: Vec<u32> = all.iter().map(|p| p["pid"].as_u64().unwrap() as u32).collect();
+    let procs: Vec<serde_json::Value> = all.iter().filter(|p| p["role"] == "replica").cloned().collect();
     assert_eq!(procs.len(), 3);
+    assert_eq!(all.iter().filter(|p| p["role"] == "taskmanager").count(), 2);
     let pids: Vec<u32> = procs.iter().map(|p| p["pid"].as_u64().unwrap() as u32).collect();
-    assert!(procs.iter().all(|p| p["role"] == "replica" && p["grpc_addr"].as_str().unwrap().starts_with("127.0.0.1:")));
+    assert!(all.iter().all(|p| p["grpc_addr"].as_str().unwrap().starts_with("127.0.0.1:")));
 
-    // The cluster works: the printed commands' target answers.
+    // The cluster works: the printed commands' target answers, and the example job runs on the TaskManagers.
     let addrs: Vec<&str> = procs.iter().map(|p| p["grpc_addr"].as_str().unwrap()).collect();
     let status = run(&["cluster", "status", "-o", "json"], &addrs.join(","));
     assert!(status.status.success(), "{}", stderr(&status));
+    assert!(output().contains("Example job"), "{}", output());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let jobs = run(&["job", "list", "-o", "json"], &addrs.join(","));
+        let jobs: serde_json::Value = serde_json::from_str(&stdout(&jobs)).unwrap();
+        if jobs["jobs"].as_array().unwrap().iter().any(|j| j["name"] == "sequence-count" && j["status"] == "RUNNING") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the example job is not running: {jobs}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // A replica that dies is reported, not restarted.
     // SAFETY: SIGKILL to a child of the process under test.
@@ -172,7 +187,7 @@ async fn jm_local_runs_a_cluster_reports_a_dead_replica_and_stops_cleanly() {
     let status = local.wait().unwrap();
     assert!(status.success(), "{}", output());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    for pid in pids {
-        assert!(!alive(pid), "replica pid {pid} outlived jm local");
+    for pid in all_pids {
+        assert!(!alive(pid), "pid {pid} outlived jm local");
     }
 }
