@@ -66,10 +66,8 @@ impl InputGate {
     /// A gate over `receivers`; every channel starts at `watermark`.
     pub fn new(receivers: Vec<mpsc::Receiver<StreamElement>>, watermark: Option<i64>) -> Self {
         let watermark = watermark.unwrap_or(i64::MIN);
-        let channels = receivers
-            .into_iter()
-            .map(|rx| InputChannel { rx, blocked: false, ended: None, watermark })
-            .collect();
+        let channels =
+            receivers.into_iter().map(|rx| InputChannel { rx, blocked: false, ended: None, watermark }).collect();
         InputGate { channels, next: 0, combined: watermark }
     }
 

@@ -25,9 +25,7 @@ use super::sinks::{FileSink, Sink};
 use super::sources::{FilesSource, SequenceSource, Source};
 use super::state::{load_restore, RestoredVertex, VertexShape};
 use super::subtask::{CheckpointBook, Control, DeploymentShared, Subtask, SubtaskCell, CONTROL_CAPACITY};
-use super::{
-    operator_name, Barrier, DeploymentSpec, RuntimeError, SubtaskStatus, TaskEvent, TaskState,
-};
+use super::{operator_name, Barrier, DeploymentSpec, RuntimeError, SubtaskStatus, TaskEvent, TaskState};
 use crate::jobgraph::{JobGraph, OperatorSpec, Partitioning, Vertex};
 
 /// The subtasks of one job attempt running on this TaskManager.
@@ -132,8 +130,9 @@ impl Deployment {
     /// their final snapshot. Errors if no source subtask is running or a source's control queue is full.
     pub fn trigger_checkpoint(&self, barrier: Barrier) -> Result<(), RuntimeError> {
         let barrier = Arc::new(barrier);
-        let running: Vec<usize> =
-            (0..self.cells.len()).filter(|&i| self.cells[i].is_source && !self.cells[i].state().is_terminal()).collect();
+        let running: Vec<usize> = (0..self.cells.len())
+            .filter(|&i| self.cells[i].is_source && !self.cells[i].state().is_terminal())
+            .collect();
         if running.is_empty() || self.shared.is_cancelled() {
             return Err(RuntimeError::NoRunningSource);
         }
@@ -310,9 +309,7 @@ fn check_edge(graph: &JobGraph, e: usize) -> Result<(), RuntimeError> {
             "forward edge from `{}` (parallelism {}) to `{}` (parallelism {}) needs equal parallelism",
             from.id, from.parallelism, to.id, to.parallelism
         )),
-        Partitioning::Hash if !keyed => {
-            Some(format!("hash edge into `{}`, which does not start with key_by", to.id))
-        }
+        Partitioning::Hash if !keyed => Some(format!("hash edge into `{}`, which does not start with key_by", to.id)),
         Partitioning::Forward | Partitioning::Rebalance if keyed => {
             Some(format!("edge into `{}`, which starts with key_by, must be hash-partitioned", to.id))
         }
@@ -349,7 +346,10 @@ fn check_vertex(graph: &JobGraph, v: usize) -> Result<(), RuntimeError> {
         match op {
             OperatorSpec::KeyBy(_) if i != 0 => return config(i, "key_by must be the first operator".into()),
             OperatorSpec::KeyBy(_) => keyed = true,
-            OperatorSpec::Count(_) | OperatorSpec::Sum(_) | OperatorSpec::Min(_) | OperatorSpec::Max(_)
+            OperatorSpec::Count(_)
+            | OperatorSpec::Sum(_)
+            | OperatorSpec::Min(_)
+            | OperatorSpec::Max(_)
             | OperatorSpec::Window(_)
                 if !keyed =>
             {
@@ -487,7 +487,9 @@ fn build_chain(
     let (mut source, mut transforms, mut sink) = (None, Vec::new(), None);
     for op in ops {
         match op {
-            Compiled::Map(fields, project) => transforms.push(Transform::Map(MapOp { fields: fields.clone(), project: *project })),
+            Compiled::Map(fields, project) => {
+                transforms.push(Transform::Map(MapOp { fields: fields.clone(), project: *project }))
+            }
             Compiled::Filter(expr) => transforms.push(Transform::Filter(expr.clone())),
             Compiled::Spec(s) if is_source(s) => source = Some(build_source(s, vertex, i)),
             Compiled::Spec(s) if is_sink(s) => sink = Some(build_sink(s, vertex, i, spec.attempt)),
@@ -500,7 +502,9 @@ fn build_chain(
 /// A source of subtask `i`.
 fn build_source(op: &OperatorSpec, vertex: &Vertex, i: u32) -> Source {
     match op {
-        OperatorSpec::Files(f) => Source::Files(FilesSource::new(PathBuf::from(&f.path), f.watch, i, vertex.parallelism)),
+        OperatorSpec::Files(f) => {
+            Source::Files(FilesSource::new(PathBuf::from(&f.path), f.watch, i, vertex.parallelism))
+        }
         OperatorSpec::Sequence(s) => Source::Sequence(SequenceSource::new(s.from, s.to, s.rate, i, vertex.parallelism)),
         // Unreachable for checked graphs: is_source() chose this arm.
         _ => Source::Sequence(SequenceSource::new(0, Some(0), None, i, vertex.parallelism)),

@@ -175,13 +175,17 @@ impl ExprEngine {
     /// Evaluates a boolean expression (a filter's predicate).
     pub fn eval_bool(&self, expr: &Expression, bindings: &mut Bindings) -> Result<bool, ExprError> {
         let result = self.eval_dynamic(expr, bindings)?;
-        result.as_bool().map_err(|_| ExprError::NotBoolean { expr: expr.text.clone(), found: describe_dynamic(&result) })
+        result
+            .as_bool()
+            .map_err(|_| ExprError::NotBoolean { expr: expr.text.clone(), found: describe_dynamic(&result) })
     }
 
     /// Evaluates `expr`, mapping the engine's errors to [`ExprError`].
     fn eval_dynamic(&self, expr: &Expression, bindings: &mut Bindings) -> Result<Dynamic, ExprError> {
         self.engine.eval_ast_with_scope::<Dynamic>(&mut bindings.scope, &expr.ast).map_err(|e| match *e {
-            EvalAltResult::ErrorVariableNotFound(field, _) => ExprError::MissingField { expr: expr.text.clone(), field },
+            EvalAltResult::ErrorVariableNotFound(field, _) => {
+                ExprError::MissingField { expr: expr.text.clone(), field }
+            }
             other => ExprError::Eval { expr: expr.text.clone(), reason: other.to_string() },
         })
     }
@@ -318,7 +322,10 @@ mod tests {
         assert!(matches!(eval("a / 0", json!({"a": 1})), Err(ExprError::Eval { .. })));
         assert!(matches!(eval("a + 1", json!({"a": i64::MAX})), Err(ExprError::Eval { .. })));
         assert!(matches!(eval("a + \"x\" * 2", json!({"a": 1})), Err(ExprError::Eval { .. })));
-        assert!(matches!(eval("1.0 / 0.0", json!({})), Err(ExprError::Unsupported { .. }) | Err(ExprError::Eval { .. })));
+        assert!(matches!(
+            eval("1.0 / 0.0", json!({})),
+            Err(ExprError::Unsupported { .. }) | Err(ExprError::Eval { .. })
+        ));
     }
 
     #[test]

@@ -378,12 +378,12 @@ impl WindowOp {
     /// The record's event time in ms (floats are truncated).
     fn event_time(&self, record: &Record) -> Result<i64, OperatorError> {
         let n = number_field(record, &self.time_field)?;
-        n.as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.is_finite() && f.abs() < 9.0e18).map(|f| f as i64))
-            .ok_or_else(|| OperatorError::NotANumber {
+        n.as_i64().or_else(|| n.as_f64().filter(|f| f.is_finite() && f.abs() < 9.0e18).map(|f| f as i64)).ok_or_else(
+            || OperatorError::NotANumber {
                 field: self.time_field.clone(),
                 found: format!("{n}, which is not a time in milliseconds"),
-            })
+            },
+        )
     }
 
     /// Removes and returns every window whose end is at or before `watermark`, in end then key order.
@@ -590,9 +590,7 @@ impl Transforms {
             .map(|op| match op {
                 Transform::Map(_) | Transform::Filter(_) | Transform::KeyBy(_) => OperatorState::Stateless,
                 Transform::Aggregate(a) => OperatorState::Aggregate { key_groups: a.state.snapshot() },
-                Transform::Window(w) => {
-                    OperatorState::Window { max_time: w.max_time, key_groups: w.state.snapshot() }
-                }
+                Transform::Window(w) => OperatorState::Window { max_time: w.max_time, key_groups: w.state.snapshot() },
             })
             .collect()
     }

@@ -132,7 +132,16 @@ pub struct FileSink {
 impl FileSink {
     /// A sink that has not been initialized.
     pub fn new(dir: PathBuf, vertex: String, subtask: u32, parallelism: u32, attempt: u32) -> Self {
-        FileSink { dir, vertex, subtask, parallelism: parallelism.max(1), attempt, next_part: 0, current: None, pending: Vec::new() }
+        FileSink {
+            dir,
+            vertex,
+            subtask,
+            parallelism: parallelism.max(1),
+            attempt,
+            next_part: 0,
+            current: None,
+            pending: Vec::new(),
+        }
     }
 
     /// The in-progress name of part `n`.

@@ -260,7 +260,8 @@ impl FilesSource {
         }
         names.sort();
         let (subtask, parallelism) = (self.subtask as usize, self.parallelism as usize);
-        self.queue = names.into_iter().enumerate().filter(|(k, _)| k % parallelism == subtask).map(|(_, n)| n).collect();
+        self.queue =
+            names.into_iter().enumerate().filter(|(k, _)| k % parallelism == subtask).map(|(_, n)| n).collect();
         self.next_listing = Some(Instant::now() + WATCH_INTERVAL);
         Ok(())
     }
@@ -277,7 +278,8 @@ impl FilesSource {
             Err(e) => return Err(file_err(e)),
         };
         if len < offset {
-            let reason = format!("the file is {len} bytes but was read up to byte {offset}: it was truncated or replaced");
+            let reason =
+                format!("the file is {len} bytes but was read up to byte {offset}: it was truncated or replaced");
             return Err(file_err(std::io::Error::other(reason)));
         }
         if len == offset {
@@ -345,20 +347,29 @@ mod tests {
         assert_eq!(drain_sequence(&mut SequenceSource::new(u64::MAX - 1, None, None, 0, 1)), vec![u64::MAX - 1]);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn sequence_rate_is_smooth() {
+    #[test]
+    fn sequence_rate_is_smooth() {
+        // 1000 per second over 2 subtasks: one record every 2 ms per subtask, checked on a simulated clock.
         let mut s = SequenceSource::new(0, None, Some(1000.0), 0, 2);
         let start = Instant::now();
-        let mut emitted = 0;
-        while start.elapsed() < Duration::from_millis(100) {
-            match s.poll(Instant::now()) {
-                SourcePoll::Record(_) => emitted += 1,
-                SourcePoll::WaitUntil(at) => tokio::time::sleep_until(at).await,
+        let mut now = start;
+        let mut emitted = Vec::new();
+        while now < start + Duration::from_millis(100) {
+            match s.poll(now) {
+                SourcePoll::Record(_) => emitted.push(now - start),
+                SourcePoll::WaitUntil(at) => now = at,
                 SourcePoll::Finished => unreachable!(),
             }
         }
-        // 500 per second per subtask: one every 2 ms.
-        assert!((49..=52).contains(&emitted), "{emitted}");
+        assert_eq!(emitted.len(), 50);
+        assert!(emitted.windows(2).all(|w| w[1] - w[0] == Duration::from_millis(2)), "{emitted:?}");
+        // After a stall, at most MAX_BURST worth of records go at once.
+        now += Duration::from_secs(1);
+        let mut burst = 0;
+        while let SourcePoll::Record(_) = s.poll(now) {
+            burst += 1;
+        }
+        assert_eq!(burst, 11, "20 ms of credit at 2 ms per record, plus the record due now");
     }
 
     #[tokio::test]

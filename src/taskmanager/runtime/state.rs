@@ -72,7 +72,7 @@ pub struct OperatorSnapshot {
 
 /// Operator-specific state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum OperatorState {
     /// Nothing to keep (`map`, `filter`, `key_by`, `log`, `blackhole`).
     Stateless,
@@ -241,7 +241,9 @@ pub fn read_snapshot(path: &Path) -> Result<SubtaskSnapshot, RuntimeError> {
         .map_err(|e| restore_err(format!("not a state file: {e}")))?
         .version;
     if version != STATE_FORMAT_VERSION {
-        return Err(restore_err(format!("state format version {version}; this TaskManager reads {STATE_FORMAT_VERSION}")));
+        return Err(restore_err(format!(
+            "state format version {version}; this TaskManager reads {STATE_FORMAT_VERSION}"
+        )));
     }
     serde_json::from_slice(&bytes).map_err(|e| restore_err(format!("corrupt state file: {e}")))
 }
@@ -294,11 +296,8 @@ fn plan_vertex(dir: &Path, shape: &VertexShape, mut old: Vec<SubtaskSnapshot>) -
 fn plan_subtask(shape: &VertexShape, old: &[SubtaskSnapshot], j: u32) -> RestoredSubtask {
     let same_p = old.len() == shape.parallelism as usize;
     let range = key_group_range(shape.max_parallelism, shape.parallelism, j);
-    let input_watermark = if same_p {
-        old[j as usize].input_watermark
-    } else {
-        old.iter().filter_map(|s| s.input_watermark).min()
-    };
+    let input_watermark =
+        if same_p { old[j as usize].input_watermark } else { old.iter().filter_map(|s| s.input_watermark).min() };
     let operators = (0..shape.operators.len())
         .map(|op| {
             let states: Vec<&OperatorState> = old.iter().map(|s| &s.operators[op].state).collect();

@@ -318,7 +318,8 @@ impl Subtask {
         self.report(TaskState::Initializing, None).await;
         self.initialize().await?;
         self.report(TaskState::Running, None).await;
-        let reason = if self.source.is_some() { self.run_source(outputs).await? } else { self.run_inputs(outputs).await? };
+        let reason =
+            if self.source.is_some() { self.run_source(outputs).await? } else { self.run_inputs(outputs).await? };
         self.finish(reason, outputs).await
     }
 
