@@ -503,7 +503,7 @@ fn build_chain(
 fn build_source(op: &OperatorSpec, vertex: &Vertex, i: u32) -> Source {
     match op {
         OperatorSpec::Files(f) => {
-            Source::Files(FilesSource::new(PathBuf::from(&f.path), f.watch, i, vertex.parallelism))
+            Source::Files(Box::new(FilesSource::new(PathBuf::from(&f.path), f.watch, i, vertex.parallelism)))
         }
         OperatorSpec::Sequence(s) => Source::Sequence(SequenceSource::new(s.from, s.to, s.rate, i, vertex.parallelism)),
         // Unreachable for checked graphs: is_source() chose this arm.
@@ -514,9 +514,13 @@ fn build_source(op: &OperatorSpec, vertex: &Vertex, i: u32) -> Source {
 /// A sink of subtask `i`.
 fn build_sink(op: &OperatorSpec, vertex: &Vertex, i: u32, attempt: u32) -> Sink {
     match op {
-        OperatorSpec::File(f) => {
-            Sink::File(FileSink::new(PathBuf::from(&f.path), vertex.id.clone(), i, vertex.parallelism, attempt))
-        }
+        OperatorSpec::File(f) => Sink::File(Box::new(FileSink::new(
+            PathBuf::from(&f.path),
+            vertex.id.clone(),
+            i,
+            vertex.parallelism,
+            attempt,
+        ))),
         OperatorSpec::Log(l) => Sink::Log(l.prefix.clone().unwrap_or_else(|| vertex.id.clone())),
         _ => Sink::Blackhole,
     }

@@ -36,7 +36,7 @@ const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub enum Sink {
     /// The exactly-once file sink.
-    File(FileSink),
+    File(Box<FileSink>),
     /// Logs each record at INFO with this prefix.
     Log(String),
     /// Discards records.
@@ -190,7 +190,7 @@ impl FileSink {
         if let Some(n) = highest {
             self.next_part = self.next_part.max(n + 1);
         }
-        sync_dir(&self.dir).map_err(|e| Self::io_err("syncing", &self.dir, e))
+        sync_dir_async(&self.dir).await.map_err(|e| Self::io_err("syncing", &self.dir, e))
     }
 
     /// Appends a record as one JSON line, opening a part file if none is open.
@@ -241,7 +241,7 @@ impl FileSink {
             self.commit(part).await?;
         }
         if !ready.is_empty() {
-            sync_dir(&self.dir).map_err(|e| Self::io_err("syncing", &self.dir, e))?;
+            sync_dir_async(&self.dir).await.map_err(|e| Self::io_err("syncing", &self.dir, e))?;
         }
         Ok(())
     }
@@ -271,6 +271,12 @@ impl FileSink {
             Err(e) => Err(Self::io_err("committing", &from, e)),
         }
     }
+}
+
+/// Fsyncs a directory on the blocking pool (a directory fsync can take milliseconds).
+async fn sync_dir_async(dir: &Path) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || sync_dir(&dir)).await.map_err(std::io::Error::other)?
 }
 
 /// `(subtask, n)` of a committed part file `part-<vertex>-<subtask>-<n>` of `vertex`.

@@ -55,7 +55,7 @@ pub enum Source {
     /// `sequence`.
     Sequence(SequenceSource),
     /// `files`.
-    Files(FilesSource),
+    Files(Box<FilesSource>),
 }
 
 impl Source {
@@ -151,7 +151,7 @@ impl SequenceSource {
         let split = &mut self.splits[self.cursor];
         let value = split.next;
         // Overflow past u64::MAX ends the split: there is no next value.
-        split.next = value.checked_add(split.stride).unwrap_or(u64::MAX);
+        split.next = value.saturating_add(split.stride);
         self.cursor += 1;
         let mut record = Record::new();
         record.insert("seq".to_string(), Value::from(value));
@@ -385,7 +385,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(Value::Object(first), serde_json::json!({"file": "a.txt", "offset": 0, "line": "one"}));
-        let OperatorState::Files { offsets } = Source::Files(source).snapshot() else { unreachable!() };
+        let OperatorState::Files { offsets } = Source::Files(Box::new(source)).snapshot() else { unreachable!() };
         assert_eq!(offsets.get("a.txt"), Some(&5));
 
         let mut restored = FilesSource::new(dir.path().to_path_buf(), false, 0, 2);

@@ -96,7 +96,7 @@ pub enum OperatorState {
         /// The highest event time seen, which drives the watermark.
         max_time: Option<i64>,
         /// Key group → (key, window start → aggregate value) entries.
-        key_groups: BTreeMap<u32, Vec<(Value, BTreeMap<i64, Value>)>>,
+        key_groups: BTreeMap<u32, WindowEntries>,
     },
     /// An exactly-once `file` sink.
     FileSink {
@@ -106,6 +106,9 @@ pub enum OperatorState {
         pending: Vec<PendingPart>,
     },
 }
+
+/// The keyed entries of one key group of a window: (key, window start → aggregate value).
+pub type WindowEntries = Vec<(Value, BTreeMap<i64, Value>)>;
 
 /// The values `next, next + stride, ...` below the source's `to` (or unbounded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -659,6 +659,24 @@ vertices:
 }
 
 #[test]
+fn the_api_can_be_shared_across_tasks() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    let (tx, _rx) = mpsc::channel(1);
+    let spec = DeploymentSpec {
+        job_id: "j".into(),
+        attempt: 1,
+        graph: graph("{name: x, vertices: [{id: a, operators: [{sequence: {}}]}]}"),
+        vertices: vec![0],
+        restore: None,
+        checkpoint_dir: PathBuf::from("/nonexistent"),
+    };
+    send(&Deployment::start(spec, tx));
+    let deployment: Option<Deployment> = None;
+    send_sync(&deployment);
+}
+
+#[test]
 fn task_states_use_flink_names() {
     for s in TaskState::ALL {
         assert_eq!(TaskState::from_flink_str(s.as_flink_str()), Some(s));
