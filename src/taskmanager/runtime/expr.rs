@@ -12,6 +12,10 @@
 //!   fails its subtask instead of hanging or exhausting a TaskManager.
 //! * Arithmetic is checked: integer overflow and division by zero are errors, never wrapped values.
 //!
+//! Why Rhai: it is maintained, permissively licensed (MIT or Apache-2.0) and has an expressions-only mode.
+//! `evalexpr` would fit as well, but from version 12 on it is AGPL-3.0-only, which this Apache-2.0 crate cannot
+//! link; its MIT-licensed 11.x line is no longer developed.
+//!
 //! Caveat: Rhai compares values of different types with `==` as unequal (`1 == 1.0` is false), but converts
 //! between integers and floats for arithmetic and ordering comparisons.
 

@@ -30,6 +30,8 @@
 //!   ([`RuntimeError`]) that fail a subtask or the deployment's start with a message naming vertex and operator.
 //!
 //! Caveats:
+//! * CANCELING is visible in [`Deployment::status`] only; the events of a cancelled subtask are its earlier states
+//!   and then CANCELED.
 //! * The events channel is the subtasks' only way out: if nobody drains it, subtasks stop at their next transition
 //!   or acknowledgement (backpressure, not loss).
 //! * Subtasks that finished are acknowledged from their final snapshot; a checkpoint coordinator expecting an ack

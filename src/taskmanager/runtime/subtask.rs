@@ -709,3 +709,125 @@ impl Subtask {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::channel::OutputEdge;
+    use super::super::expr::ExprEngine;
+    use super::*;
+    use crate::jobgraph::Partitioning;
+
+    /// A pass-through subtask with two input channels and one output channel, running in the background.
+    struct Rig {
+        /// Senders of the two input channels.
+        inputs: [mpsc::Sender<StreamElement>; 2],
+        /// What the subtask sent downstream.
+        output: mpsc::Receiver<StreamElement>,
+        /// Its events.
+        events: mpsc::Receiver<TaskEvent>,
+        /// Its control queue, kept open.
+        _control: mpsc::Sender<Control>,
+        /// Its temporary checkpoint directory.
+        _dir: tempfile::TempDir,
+    }
+
+    fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let (events_tx, events) = mpsc::channel(64);
+        let shared = Arc::new(DeploymentShared {
+            job_id: "j".into(),
+            attempt: 1,
+            checkpoint_dir: dir.path().to_path_buf(),
+            events: events_tx,
+            cancel: watch::channel(false).0,
+            terminal: watch::channel(0).0,
+            book: Mutex::new(CheckpointBook::default()),
+        });
+        let cell = Arc::new(SubtaskCell::new("v".into(), 0, false));
+        let (tx0, rx0) = mpsc::channel(8);
+        let (tx1, rx1) = mpsc::channel(8);
+        let (out_tx, output) = mpsc::channel(64);
+        let outputs = Outputs {
+            edges: vec![OutputEdge {
+                target_vertex: "down".into(),
+                partitioning: Partitioning::Forward,
+                senders: vec![out_tx],
+                key_field: None,
+                max_parallelism: 1,
+                round_robin: 0,
+                forward_index: 0,
+            }],
+        };
+        let (control_tx, control_rx) = mpsc::channel(8);
+        let chain = (None, Transforms::new(Vec::new(), ExprEngine::shared(), 1), None);
+        let gate = InputGate::new(vec![rx0, rx1], None);
+        let subtask = Subtask::new(shared, cell, 0, (1, 1), Vec::new(), chain, None, gate, control_rx);
+        tokio::spawn(subtask.run_to_end(outputs));
+        Rig { inputs: [tx0, tx1], output, events, _control: control_tx, _dir: dir }
+    }
+
+    fn record(n: u64) -> StreamElement {
+        StreamElement::Record(json!({ "n": n }).as_object().cloned().unwrap_or_default())
+    }
+
+    fn barrier(id: u64) -> StreamElement {
+        StreamElement::Barrier(Arc::new(Barrier { checkpoint_id: id, timestamp_ms: 0, kind: BarrierKind::Checkpoint }))
+    }
+
+    /// The next element sent downstream, as a short label.
+    async fn next_out(rig: &mut Rig) -> String {
+        match rig.output.recv().await {
+            Some(StreamElement::Record(r)) => format!("r{}", r["n"]),
+            Some(StreamElement::Barrier(b)) => format!("b{}", b.checkpoint_id),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// The next checkpoint event, as a short label.
+    async fn next_checkpoint_event(rig: &mut Rig) -> String {
+        loop {
+            match rig.events.recv().await {
+                Some(TaskEvent::CheckpointAcked { checkpoint_id, .. }) => return format!("ack{checkpoint_id}"),
+                Some(TaskEvent::CheckpointDeclined { checkpoint_id, .. }) => return format!("decline{checkpoint_id}"),
+                Some(_) => {}
+                None => return "closed".into(),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn alignment_holds_back_the_channel_that_delivered_the_barrier() {
+        let mut rig = rig();
+        for element in [record(1), barrier(1), record(2)] {
+            rig.inputs[0].send(element).await.unwrap();
+        }
+        for element in [record(3), barrier(1)] {
+            rig.inputs[1].send(element).await.unwrap();
+        }
+        let mut before = vec![next_out(&mut rig).await, next_out(&mut rig).await];
+        before.sort();
+        assert_eq!(before, vec!["r1", "r3"]);
+        assert_eq!(next_out(&mut rig).await, "b1");
+        assert_eq!(next_out(&mut rig).await, "r2", "the record after the barrier waits for the alignment");
+        assert_eq!(next_checkpoint_event(&mut rig).await, "ack1");
+    }
+
+    #[tokio::test]
+    async fn a_newer_barrier_aborts_an_older_alignment() {
+        let mut rig = rig();
+        rig.inputs[0].send(barrier(2)).await.unwrap();
+        rig.inputs[0].send(barrier(3)).await.unwrap();
+        rig.inputs[1].send(record(1)).await.unwrap();
+        assert_eq!(next_out(&mut rig).await, "r1");
+        // Barrier 3 on channel 0 is behind barrier 2, which blocks it; only channel 1 can move things on.
+        rig.inputs[1].send(barrier(3)).await.unwrap();
+        rig.inputs[1].send(barrier(2)).await.unwrap();
+        rig.inputs[1].send(record(2)).await.unwrap();
+        assert_eq!(next_checkpoint_event(&mut rig).await, "decline2");
+        assert_eq!(next_out(&mut rig).await, "b3");
+        assert_eq!(next_checkpoint_event(&mut rig).await, "ack3");
+        assert_eq!(next_out(&mut rig).await, "r2", "the stale barrier 2 is ignored");
+    }
+}
