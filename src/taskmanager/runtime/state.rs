@@ -201,6 +201,7 @@ pub fn load_restore(dir: &Path, vertices: &[VertexShape]) -> Result<Vec<Option<R
     for shape in vertices {
         let files: Vec<&(String, u32)> = names.iter().filter(|(vertex, _)| *vertex == shape.id).collect();
         if files.is_empty() {
+            tracing::warn!(vertex = %shape.id, dir = %dir.display(), "no state for this vertex; it starts empty");
             plans.push(None);
             continue;
         }
