@@ -35,7 +35,10 @@ async fn the_client_api_validates_input_and_serves_any_replica() {
         .unwrap_err();
     assert!(bad.message().contains("checkpoints.retained"), "{}", bad.message());
     let no_key = via_follower
-        .submit_job(pb::SubmitJobRequest { spec: common::minimal_spec("a").into_bytes(), idempotency_key: String::new() })
+        .submit_job(pb::SubmitJobRequest {
+            spec: common::minimal_spec("a").into_bytes(),
+            idempotency_key: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(no_key.code(), Code::InvalidArgument);

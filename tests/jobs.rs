@@ -195,6 +195,7 @@ async fn a_job_survives_leader_kills_without_restarting_and_stops_with_an_exactl
     assert_eq!(counts.len(), 5, "every key has output: {counts:?}");
     let last = assert_exactly_once(&counts, &BTreeMap::new());
     assert!(last.values().all(|n| *n > 10), "the job made progress: {last:?}");
+    eprintln!("checkpoints seen: {seen:?}; final count per key: {last:?}; savepoint {savepoint}");
 
     // A new job restored from the savepoint continues each key's count where the old one stopped.
     let out2 = cluster.dir.path().join("out2");
@@ -207,7 +208,8 @@ async fn a_job_survives_leader_kills_without_restarting_and_stops_with_an_exactl
     let first: BTreeMap<i64, i64> = last.iter().map(|(k, n)| (*k, n + 1)).collect();
     let counts2 = committed_counts(&out2);
     assert!(!counts2.is_empty(), "the restored job committed output");
-    assert_exactly_once(&counts2, &first);
+    let last2 = assert_exactly_once(&counts2, &first);
+    eprintln!("restored job's count per key: {last2:?}");
 
     for number in [1, 2] {
         assert!(!cluster.tm_log(number).contains("panicked"), "TaskManager {number} panicked");

@@ -172,12 +172,7 @@ async fn submit_jobs(client: &ClusterClient, from: u32, to: u32, interval_ms: u6
 
 async fn jobs(client: &ClusterClient) -> Result<Vec<pb::JobSummary>> {
     let request = pb::ListJobsRequest { consistency: pb::ReadConsistency::Stale as i32 };
-    let reply = client
-        .call(|mut c| {
-            let request = request.clone();
-            async move { c.list_jobs(request).await }
-        })
-        .await?;
+    let reply = client.call(|mut c| async move { c.list_jobs(request).await }).await?;
     Ok(reply.jobs)
 }
 

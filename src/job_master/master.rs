@@ -1,7 +1,7 @@
 //! One JobMaster: the actor that drives a job on the leader. See the module documentation of
 //! [`job_master`](super) for what it owns and guarantees.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +31,8 @@ const TICK: Duration = Duration::from_millis(50);
 const SLOT_RETRY: Duration = Duration::from_millis(500);
 /// How long cancelling may take before the job is recorded CANCELED anyway (its TaskManagers are unreachable).
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TaskManager that failed a call is avoided when placing a new attempt.
+const SUSPECT_WINDOW: Duration = Duration::from_secs(10);
 /// Most JobMaster writes in one go that may fail transiently before the JobMaster gives up its term.
 const WRITE_ATTEMPTS: u32 = 3;
 
@@ -128,6 +130,10 @@ struct JobMaster {
     deployed_at: Instant,
     savepoints: BTreeMap<u64, SavepointInFlight>,
     waiting_reported: bool,
+    /// The checkpoint directory of the current attempt: where its tasks write state.
+    checkpoint_dir: PathBuf,
+    /// TaskManagers that recently failed a call, avoided when placing the next attempt.
+    suspects: HashMap<TaskManagerId, Instant>,
 }
 
 impl JobMaster {
@@ -165,6 +171,12 @@ impl JobMaster {
             deployed_at: now,
             savepoints: BTreeMap::new(),
             waiting_reported: false,
+            checkpoint_dir: PathBuf::new(),
+            suspects: HashMap::new(),
+        };
+        master.checkpoint_dir = match &job.deployment {
+            Some(deployment) => PathBuf::from(&deployment.checkpoint_dir),
+            None => master.configured_checkpoint_dir(),
         };
         tracing::info!(job_id = %master.job_id, epoch, term = master.token.term, "JobMaster started");
         master.take_over(&job).await?;
@@ -443,7 +455,7 @@ impl JobMaster {
             .iter()
             .map(|c| c.iter().map(|&v| self.graph.vertices[v].parallelism).max().unwrap_or(1))
             .collect();
-        let avoid = BTreeSet::new();
+        let avoid = self.recent_suspects();
         let slots = match self.ctx.rm.allocate(&self.job_id, self.epoch, &needs, avoid).await {
             Ok(slots) => slots,
             Err(AllocationError::Placement(e)) => return self.wait_for_slots(e.to_string()).await,
@@ -452,6 +464,7 @@ impl JobMaster {
         let job = read_job(&self.ctx, &self.job_id).ok_or_else(|| Exit::Unrunnable("job vanished".into()))?;
         let restore = restore_point(&job, &self.graph);
         let attempt = self.attempt.max(job.deployment.as_ref().map_or(0, |d| d.attempt)) + 1;
+        let checkpoint_dir = self.configured_checkpoint_dir();
         let deployed: Vec<DeployedComponent> = components
             .iter()
             .zip(&slots)
@@ -466,9 +479,11 @@ impl JobMaster {
             attempt,
             components: deployed.clone(),
             restored_from: restore.clone(),
+            checkpoint_dir: checkpoint_dir.to_string_lossy().into_owned(),
             at_ms: self.now_ms(),
         };
         self.write(record).await?;
+        self.checkpoint_dir = checkpoint_dir;
         self.attempt = attempt;
         self.waiting_reported = false;
         self.placements = deployed.iter().map(|c| self.placement(c)).collect();
@@ -477,7 +492,7 @@ impl JobMaster {
         self.phase = Phase::Deploying { since: Instant::now() };
         self.deployed_at = Instant::now();
         tracing::info!(job_id = %self.job_id, attempt, restore = ?restore, "deploying");
-        let checkpoint_dir = self.checkpoint_base().to_string_lossy().into_owned();
+        let checkpoint_dir = self.checkpoint_dir.to_string_lossy().into_owned();
         for placement in self.placements.clone() {
             let deploy = ToTaskManager::Deploy {
                 token: self.token,
@@ -524,10 +539,18 @@ impl JobMaster {
             .collect()
     }
 
-    fn checkpoint_base(&self) -> PathBuf {
+    /// The job's checkpoint directory for a new attempt: the spec's, else the cluster's, then the job's own.
+    fn configured_checkpoint_dir(&self) -> PathBuf {
         let base = self.graph.spec.checkpoints.dir.as_ref().map(PathBuf::from);
         let base = base.unwrap_or_else(|| self.ctx.config.checkpoint_dir.clone());
         storage::job_checkpoint_dir(&base, &self.job_id)
+    }
+
+    /// TaskManagers that failed a call within the last heartbeat timeout.
+    fn recent_suspects(&mut self) -> BTreeSet<TaskManagerId> {
+        let window = SUSPECT_WINDOW;
+        self.suspects.retain(|_, at| at.elapsed() < window);
+        self.suspects.keys().cloned().collect()
     }
 
     /// Cancels the current deployment on its TaskManagers, best effort, without waiting for the tasks.
@@ -656,7 +679,7 @@ impl JobMaster {
         let savepoint = self.savepoints.get(&id).cloned();
         let dir = match &savepoint {
             Some(s) => s.dir.clone(),
-            None => self.checkpoint_base().join(format!("chk-{id}")),
+            None => self.checkpoint_dir.join(format!("chk-{id}")),
         };
         let completed_at_ms = self.now_ms();
         let metadata = self.metadata(&pending, completed_at_ms);
@@ -839,7 +862,7 @@ impl JobMaster {
     }
 
     /// Sends a command to a TaskManager. `Ok(Err(reason))` is a failed delivery; `Err` means we were fenced.
-    async fn send(&self, placement: &Placement, command: ToTaskManager) -> Step<Result<(), String>> {
+    async fn send(&mut self, placement: &Placement, command: ToTaskManager) -> Step<Result<(), String>> {
         let name = command.name();
         let address = match self.ctx.rm.address_of(&placement.tm_id) {
             Some(address) => address,
@@ -851,7 +874,10 @@ impl JobMaster {
                 Err(Exit::Fenced(format!("TaskManager {} accepted {newest} over our {}", placement.tm_id, self.token)))
             }
             Ok(FromTaskManager::Error { message }) => Ok(Err(format!("{name}: {message}"))),
-            Err(e) => Ok(Err(format!("{name}: {e}"))),
+            Err(e) => {
+                self.suspects.insert(placement.tm_id.clone(), Instant::now());
+                Ok(Err(format!("{name}: {e}")))
+            }
         }
     }
 

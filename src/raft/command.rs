@@ -424,6 +424,8 @@ pub enum Command {
         components: Vec<DeployedComponent>,
         /// The checkpoint or savepoint directory the attempt restores from, if any.
         restored_from: Option<String>,
+        /// The job's checkpoint directory for this attempt: where its tasks write checkpoint state.
+        checkpoint_dir: String,
         /// When it was deployed.
         at_ms: u64,
     },
@@ -1031,9 +1033,10 @@ mod tests {
                 attempt: 3,
                 components: vec![DeployedComponent { vertices: vec!["src".to_string()], slots: vec![slot(0)] }],
                 restored_from: Some("/ck/chk-4".to_string()),
+                checkpoint_dir: "/ck".to_string(),
                 at_ms: 6,
             },
-            "0f20303132333435363738396162636465663031323334353637383961626364656602030101037372630104746d2d310001092f636b2f63686b2d3406",
+            "0f20303132333435363738396162636465663031323334353637383961626364656602030101037372630104746d2d310001092f636b2f63686b2d34032f636b06",
         );
     }
 

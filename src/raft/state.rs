@@ -139,6 +139,8 @@ pub struct JobDeployment {
     pub components: Vec<DeployedComponent>,
     /// The checkpoint or savepoint directory it restored from.
     pub restored_from: Option<String>,
+    /// Where its tasks write checkpoint state (the job's checkpoint directory when it was deployed).
+    pub checkpoint_dir: String,
     /// When it was deployed.
     pub at_ms: u64,
 }
@@ -276,8 +278,8 @@ impl ClusterState {
             Command::RecordJobFailure { job_id, epoch, at_ms, error, restarting } => {
                 self.apply_record_job_failure(job_id, epoch, at_ms, error, restarting)
             }
-            Command::RecordDeployment { job_id, epoch, attempt, components, restored_from, at_ms } => {
-                let deployment = JobDeployment { attempt, epoch, components, restored_from, at_ms };
+            Command::RecordDeployment { job_id, epoch, attempt, components, restored_from, checkpoint_dir, at_ms } => {
+                let deployment = JobDeployment { attempt, epoch, components, restored_from, checkpoint_dir, at_ms };
                 self.apply_record_deployment(job_id, deployment)
             }
             Command::RequestSavepoint { job_id, request_id, target_dir, terminate, at_ms } => {
@@ -1231,7 +1233,16 @@ mod tests {
         let slots = slots.iter().map(|i| SlotId::new(TM, *i)).collect();
         let components = vec![DeployedComponent { vertices: vec!["source".to_string()], slots }];
         let restored_from = None;
-        Command::RecordDeployment { job_id: job_id.to_string(), epoch, attempt, components, restored_from, at_ms: 400 }
+        let checkpoint_dir = "/ck".to_string();
+        Command::RecordDeployment {
+            job_id: job_id.to_string(),
+            epoch,
+            attempt,
+            components,
+            restored_from,
+            checkpoint_dir,
+            at_ms: 400,
+        }
     }
 
     #[test]
@@ -1940,7 +1951,8 @@ mod properties {
             }),
             2 => (job_id(), epoch(), 0u32..4, slot_list(), at_ms()).prop_map(|(job_id, epoch, attempt, slots, at_ms)| {
                 let components = vec![DeployedComponent { vertices: vec!["v".to_string()], slots }];
-                Command::RecordDeployment { job_id, epoch, attempt, components, restored_from: None, at_ms }
+                let checkpoint_dir = "/ck".to_string();
+                Command::RecordDeployment { job_id, epoch, attempt, components, restored_from: None, checkpoint_dir, at_ms }
             }),
             1 => (job_id(), select(vec!["r1", "r2", ""]), any::<bool>(), at_ms()).prop_map(
                 |(job_id, request_id, terminate, at_ms)| Command::RequestSavepoint {

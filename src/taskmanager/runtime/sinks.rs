@@ -216,7 +216,9 @@ impl FileSink {
         let path = self.dir.join(&open.name);
         open.writer.flush().await.map_err(|e| Self::io_err("flushing", &path, e))?;
         open.writer.get_mut().sync_all().await.map_err(|e| Self::io_err("syncing", &path, e))?;
-        Ok(Some(PendingPart { checkpoint_id, inprogress: open.name, committed: self.committed_name(open.n) }))
+        let committed = self.committed_name(open.n);
+        let dir = Some(self.dir.to_string_lossy().into_owned());
+        Ok(Some(PendingPart { checkpoint_id, inprogress: open.name, committed, dir }))
     }
 
     /// The sink's state: next part number and pending files.
@@ -240,8 +242,10 @@ impl FileSink {
         for part in &ready {
             self.commit(part).await?;
         }
-        if !ready.is_empty() {
-            sync_dir_async(&self.dir).await.map_err(|e| Self::io_err("syncing", &self.dir, e))?;
+        let dirs: std::collections::BTreeSet<PathBuf> =
+            ready.iter().map(|p| p.dir.as_ref().map_or_else(|| self.dir.clone(), PathBuf::from)).collect();
+        for dir in dirs {
+            sync_dir_async(&dir).await.map_err(|e| Self::io_err("syncing", &dir, e))?;
         }
         Ok(())
     }
@@ -256,8 +260,9 @@ impl FileSink {
 
     /// Renames a pending file to its final name; already committed is fine, lost is an error.
     async fn commit(&self, part: &PendingPart) -> Result<(), OperatorError> {
-        let from = self.dir.join(&part.inprogress);
-        let to = self.dir.join(&part.committed);
+        let dir = part.dir.as_ref().map_or_else(|| self.dir.clone(), PathBuf::from);
+        let from = dir.join(&part.inprogress);
+        let to = dir.join(&part.committed);
         match tokio::fs::rename(&from, &to).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -128,6 +128,10 @@ pub struct PendingPart {
     pub inprogress: String,
     /// Its final name once committed (`part-<vertex>-<subtask>-<n>`).
     pub committed: String,
+    /// The sink directory it was written in. A job restored from a savepoint may write elsewhere; the parts of
+    /// the savepoint still belong (and are committed) where they were written. Absent in older state files.
+    #[serde(default)]
+    pub dir: Option<String>,
 }
 
 /// The directory a barrier's state files go to.

@@ -667,7 +667,7 @@ fn the_api_can_be_shared_across_tasks() {
     let spec = DeploymentSpec {
         job_id: "j".into(),
         attempt: 1,
-        graph: graph("{name: x, vertices: [{id: a, operators: [{sequence: {}}]}]}"),
+        graph: graph("{name: x, vertices: [{id: a, operators: [{sequence: {}}, {blackhole: {}}]}]}"),
         vertices: vec![0],
         restore: None,
         checkpoint_dir: PathBuf::from("/nonexistent"),
