@@ -465,3 +465,6 @@ fn wire_event(event: TaskEvent) -> TaskEventMsg {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
