@@ -689,29 +689,9 @@ pub fn format_duration(d: Duration) -> String {
 mod tests {
     use super::*;
     use crate::jobgraph::DurationMs;
+    use tokio::time::advance;
 
     const S: Duration = Duration::from_secs(1);
-
-    /// A hand-stepped clock. The coordinator takes time as an argument and never reads a clock, so stepping an
-    /// instant by hand is as exact as tokio's paused clock (whose `test-util` feature this crate does not enable).
-    struct Clock {
-        /// The current instant.
-        now: Instant,
-    }
-
-    impl Clock {
-        fn new() -> Self {
-            Self { now: Instant::now() }
-        }
-
-        fn now(&self) -> Instant {
-            self.now
-        }
-
-        fn advance(&mut self, by: Duration) {
-            self.now += by;
-        }
-    }
 
     fn config(interval: u32, timeout: u32, min_pause: u32, tolerable_failed: u32) -> CheckpointConfig {
         CheckpointConfig { interval: interval * S, timeout: timeout * S, min_pause: min_pause * S, tolerable_failed }
@@ -742,6 +722,17 @@ mod tests {
         FailureVerdict::Tolerated { consecutive_failures }
     }
 
+    /// Sleeps on the paused clock until the next periodic checkpoint is due, as the JobMaster's loop does, and
+    /// returns that instant.
+    async fn until_due(c: &Coordinator) -> Instant {
+        let due = c.next_trigger_at().expect("no periodic checkpoint in flight");
+        tokio::time::sleep_until(due).await;
+        let now = Instant::now();
+        assert_eq!(now, due, "the paused clock jumps exactly to the deadline");
+        assert!(c.is_trigger_due(now));
+        now
+    }
+
     #[test]
     fn config_from_spec() {
         assert_eq!(CheckpointConfig::from_spec(&CheckpointSpec::default()), None);
@@ -758,74 +749,74 @@ mod tests {
         );
     }
 
-    #[test]
-    fn periodic_triggers_follow_the_interval() {
-        let mut clock = Clock::new();
-        let start = clock.now();
+    #[tokio::test(start_paused = true)]
+    async fn periodic_triggers_follow_the_interval() {
+        let start = Instant::now();
         let mut c = Coordinator::new(Some(config(10, 60, 0, 0)), tasks(2), start);
         assert_eq!(c.next_trigger_at(), Some(start + 10 * S));
-        clock.advance(9 * S);
-        assert!(!c.is_trigger_due(clock.now()));
-        clock.advance(S);
-        assert!(c.is_trigger_due(clock.now()));
+        advance(9 * S).await;
+        assert!(!c.is_trigger_due(Instant::now()));
+        advance(S).await;
+        assert!(c.is_trigger_due(Instant::now()));
 
-        c.begin(1, CheckpointKind::Checkpoint, clock.now(), 10_000);
+        c.begin(1, CheckpointKind::Checkpoint, Instant::now(), 10_000);
         assert_eq!(c.next_trigger_at(), None, "one periodic checkpoint at a time");
-        clock.advance(3 * S);
+        advance(3 * S).await;
         assert!(matches!(ack_all(&mut c, 1, 2), AckOutcome::AllAcked(p) if p.id == 1 && p.state_size() == 20));
         assert_eq!(c.next_trigger_at(), None, "still in flight while committing");
-        c.completed(1, clock.now(), 13_000, 20);
+        c.completed(1, Instant::now(), 13_000, 20);
         // Without min_pause the interval counts from the trigger, not from the completion.
         assert_eq!(c.next_trigger_at(), Some(start + 20 * S));
 
         // A checkpoint slower than the interval: the next one is due as soon as it completes.
-        clock.advance(7 * S);
-        c.begin(2, CheckpointKind::Checkpoint, clock.now(), 20_000);
-        clock.advance(15 * S);
+        advance(7 * S).await;
+        c.begin(2, CheckpointKind::Checkpoint, Instant::now(), 20_000);
+        advance(15 * S).await;
         ack_all(&mut c, 2, 2);
-        c.completed(2, clock.now(), 35_000, 20);
-        assert!(c.is_trigger_due(clock.now()));
+        c.completed(2, Instant::now(), 35_000, 20);
+        assert!(c.is_trigger_due(Instant::now()));
         assert_eq!(c.stats().completed, 2);
     }
 
-    #[test]
-    fn min_pause_counts_from_the_last_completion() {
-        let mut clock = Clock::new();
-        let start = clock.now();
+    #[tokio::test(start_paused = true)]
+    async fn min_pause_counts_from_the_last_completion() {
+        let start = Instant::now();
         let mut c = Coordinator::new(Some(config(10, 60, 8, 0)), tasks(1), start);
-        clock.advance(10 * S);
-        c.begin(1, CheckpointKind::Checkpoint, clock.now(), 0);
-        clock.advance(5 * S);
+        advance(10 * S).await;
+        c.begin(1, CheckpointKind::Checkpoint, Instant::now(), 0);
+        advance(5 * S).await;
         ack_all(&mut c, 1, 1);
-        c.completed(1, clock.now(), 5_000, 10);
+        c.completed(1, Instant::now(), 5_000, 10);
         // max(trigger 10s + interval 10s, completion 15s + pause 8s) = 23s.
         assert_eq!(c.next_trigger_at(), Some(start + 23 * S));
-        clock.advance(7 * S);
-        assert!(!c.is_trigger_due(clock.now()), "the interval has passed, the pause has not");
-        clock.advance(S);
-        assert!(c.is_trigger_due(clock.now()));
+        advance(7 * S).await;
+        assert!(!c.is_trigger_due(Instant::now()), "the interval has passed, the pause has not");
+        advance(S).await;
+        assert!(c.is_trigger_due(Instant::now()));
     }
 
-    #[test]
-    fn trigger_soon_respects_min_pause() {
-        let mut clock = Clock::new();
-        let start = clock.now();
+    #[tokio::test(start_paused = true)]
+    async fn trigger_soon_respects_min_pause() {
+        let start = Instant::now();
         let mut c = Coordinator::new(Some(config(60, 60, 5, 0)), tasks(1), start);
         c.trigger_soon(start);
         assert!(c.is_trigger_due(start), "a new leader checkpoints adopted tasks at once");
 
         c.begin(1, CheckpointKind::Checkpoint, start, 0);
         ack_all(&mut c, 1, 1);
-        clock.advance(S);
-        c.completed(1, clock.now(), 1_000, 10);
-        c.trigger_soon(clock.now());
+        advance(S).await;
+        c.completed(1, Instant::now(), 1_000, 10);
+        c.trigger_soon(Instant::now());
         assert_eq!(c.next_trigger_at(), Some(start + 6 * S), "no earlier than min_pause after the completion");
+        advance(4 * S).await;
+        assert!(!c.is_trigger_due(Instant::now()), "1s after the completion plus 4s: the pause has not passed");
+        advance(S).await;
+        assert!(c.is_trigger_due(Instant::now()));
     }
 
-    #[test]
-    fn disabled_checkpointing_still_takes_savepoints() {
-        let mut clock = Clock::new();
-        let start = clock.now();
+    #[tokio::test(start_paused = true)]
+    async fn disabled_checkpointing_still_takes_savepoints() {
+        let start = Instant::now();
         let mut c = Coordinator::new(None, tasks(1), start);
         assert_eq!(c.next_trigger_at(), None);
         c.trigger_soon(start);
@@ -833,8 +824,8 @@ mod tests {
 
         c.begin(1, savepoint(), start, 0);
         assert_eq!(c.next_timeout_at(), Some(start + DEFAULT_TIMEOUT));
-        clock.advance(DEFAULT_TIMEOUT);
-        let expired = c.expire(clock.now());
+        advance(DEFAULT_TIMEOUT).await;
+        let expired = c.expire(Instant::now());
         assert_eq!(expired, vec![(1, savepoint(), tolerated(0))]);
         assert_eq!(
             c.stats().latest_failed.as_ref().unwrap().failure.as_deref(),
@@ -842,20 +833,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn pending_checkpoints_expire_after_the_timeout() {
-        let mut clock = Clock::new();
-        let start = clock.now();
+    #[tokio::test(start_paused = true)]
+    async fn pending_checkpoints_expire_after_the_timeout() {
+        let start = Instant::now();
         let mut c = Coordinator::new(Some(config(5, 10, 0, 0)), tasks(2), start);
-        clock.advance(5 * S);
-        c.begin(7, CheckpointKind::Checkpoint, clock.now(), 5_000);
+        advance(5 * S).await;
+        c.begin(7, CheckpointKind::Checkpoint, Instant::now(), 5_000);
         assert_eq!(c.acknowledge(7, &TaskKey::new("src", 0), ack(1)), AckOutcome::Pending { acked: 1, expected: 2 });
         assert_eq!(c.next_timeout_at(), Some(start + 15 * S));
 
-        clock.advance(10 * S - Duration::from_millis(1));
-        assert!(c.expire(clock.now()).is_empty());
-        clock.advance(Duration::from_millis(1));
-        let expired = c.expire(clock.now());
+        advance(10 * S - Duration::from_millis(1)).await;
+        assert!(c.expire(Instant::now()).is_empty());
+        advance(Duration::from_millis(1)).await;
+        let expired = c.expire(Instant::now());
         let reason = "exceeded tolerable checkpoint failures (1 > 0): checkpoint 7 expired after 10s".to_string();
         assert_eq!(expired, vec![(7, CheckpointKind::Checkpoint, FailureVerdict::FailJob { reason })]);
         assert!(c.pending_ids().is_empty());
@@ -866,35 +856,45 @@ mod tests {
         assert_eq!((record.acked, record.expected, record.state_size), (1, 2, 1));
         assert_eq!((record.end_wall_ms, record.duration_ms), (Some(15_000), Some(10_000)));
         // The periodic slot is free again, and the trigger is overdue.
-        assert!(c.is_trigger_due(clock.now()));
+        assert!(c.is_trigger_due(Instant::now()));
         // A late acknowledgement changes nothing.
         assert!(matches!(c.acknowledge(7, &TaskKey::new("src", 1), ack(1)), AckOutcome::Ignored { .. }));
     }
 
-    #[test]
-    fn tolerable_failures_count_consecutive_periodic_failures() {
-        let clock = Clock::new();
-        let start = clock.now();
+    #[tokio::test(start_paused = true)]
+    async fn tolerable_failures_count_consecutive_periodic_failures() {
+        let start = Instant::now();
         let mut c = Coordinator::new(Some(config(1, 10, 0, 2)), tasks(1), start);
         let task = TaskKey::new("src", 0);
-        c.begin(1, CheckpointKind::Checkpoint, start, 0);
-        assert_eq!(c.decline(1, &task, "disk full", start), Some((CheckpointKind::Checkpoint, tolerated(1))));
-        c.begin(2, CheckpointKind::Checkpoint, start, 0);
+        let now = until_due(&c).await;
+        assert_eq!(now, start + S);
+        c.begin(1, CheckpointKind::Checkpoint, now, 0);
+        assert_eq!(c.decline(1, &task, "disk full", now), Some((CheckpointKind::Checkpoint, tolerated(1))));
+        // A failure frees the periodic slot; the next trigger is still an interval after the last one.
+        let now = until_due(&c).await;
+        assert_eq!(now, start + 2 * S);
+        c.begin(2, CheckpointKind::Checkpoint, now, 0);
         ack_all(&mut c, 2, 1);
-        assert_eq!(c.failed(2, CheckpointKind::Checkpoint, "commit refused", start, 0), tolerated(2));
+        assert_eq!(c.failed(2, CheckpointKind::Checkpoint, "commit refused", now, 0), tolerated(2));
 
         // A success resets the count.
-        c.begin(3, CheckpointKind::Checkpoint, start, 0);
+        let now = until_due(&c).await;
+        c.begin(3, CheckpointKind::Checkpoint, now, 0);
         ack_all(&mut c, 3, 1);
-        c.completed(3, start, 0, 10);
+        advance(S / 2).await;
+        c.completed(3, Instant::now(), 0, 10);
         assert_eq!(c.consecutive_failures(), 0);
 
-        c.begin(4, CheckpointKind::Checkpoint, start, 0);
-        assert_eq!(c.decline(4, &task, "a", start), Some((CheckpointKind::Checkpoint, tolerated(1))));
-        c.begin(5, CheckpointKind::Checkpoint, start, 0);
-        assert_eq!(c.decline(5, &task, "b", start), Some((CheckpointKind::Checkpoint, tolerated(2))));
-        c.begin(6, CheckpointKind::Checkpoint, start, 0);
-        let (_, verdict) = c.decline(6, &task, "c", start).unwrap();
+        let now = until_due(&c).await;
+        c.begin(4, CheckpointKind::Checkpoint, now, 0);
+        assert_eq!(c.decline(4, &task, "a", now), Some((CheckpointKind::Checkpoint, tolerated(1))));
+        let now = until_due(&c).await;
+        c.begin(5, CheckpointKind::Checkpoint, now, 0);
+        assert_eq!(c.decline(5, &task, "b", now), Some((CheckpointKind::Checkpoint, tolerated(2))));
+        let now = until_due(&c).await;
+        assert_eq!(now, start + 6 * S, "failures do not delay the schedule");
+        c.begin(6, CheckpointKind::Checkpoint, now, 0);
+        let (_, verdict) = c.decline(6, &task, "c", now).unwrap();
         let reason = "exceeded tolerable checkpoint failures (3 > 2): checkpoint 6 declined by src[0]: c".to_string();
         assert_eq!(verdict, FailureVerdict::FailJob { reason });
         assert_eq!(c.consecutive_failures(), 0, "the restarted job gets the same tolerance");
@@ -903,8 +903,7 @@ mod tests {
 
     #[test]
     fn stray_acknowledgements_are_ignored() {
-        let clock = Clock::new();
-        let start = clock.now();
+        let start = Instant::now();
         let mut c = Coordinator::new(Some(config(1, 10, 0, 0)), tasks(2), start);
         let (t0, t1) = (TaskKey::new("src", 0), TaskKey::new("src", 1));
         let ignored = |outcome: AckOutcome| match outcome {
@@ -940,8 +939,7 @@ mod tests {
 
     #[test]
     fn ids_must_increase() {
-        let clock = Clock::new();
-        let start = clock.now();
+        let start = Instant::now();
         let mut c = Coordinator::new(Some(config(1, 10, 0, 0)), tasks(1), start);
         c.begin(5, CheckpointKind::Checkpoint, start, 0);
         c.begin(5, savepoint(), start, 0);
@@ -950,29 +948,28 @@ mod tests {
         assert_eq!(c.pending(5).unwrap().kind, CheckpointKind::Checkpoint);
     }
 
-    #[test]
-    fn savepoints_run_alongside_a_checkpoint_and_never_fail_the_job() {
-        let mut clock = Clock::new();
-        let start = clock.now();
+    #[tokio::test(start_paused = true)]
+    async fn savepoints_run_alongside_a_checkpoint_and_never_fail_the_job() {
+        let start = Instant::now();
         let mut c = Coordinator::new(Some(config(10, 60, 0, 0)), tasks(1), start);
         let task = TaskKey::new("src", 0);
         c.begin(1, savepoint(), start, 0);
         assert_eq!(c.next_trigger_at(), Some(start + 10 * S), "a savepoint does not hold back checkpoints");
-        clock.advance(10 * S);
-        c.begin(2, CheckpointKind::Checkpoint, clock.now(), 10_000);
+        advance(10 * S).await;
+        c.begin(2, CheckpointKind::Checkpoint, Instant::now(), 10_000);
         assert_eq!(c.pending_ids(), vec![1, 2]);
         assert_eq!(c.next_trigger_at(), None);
 
         // The savepoint fails with zero tolerance: reported, not fatal.
-        assert_eq!(c.decline(1, &task, "no space", clock.now()), Some((savepoint(), tolerated(0))));
-        assert_eq!(c.failed(9, savepoint(), "never started", clock.now(), 0), tolerated(0));
+        assert_eq!(c.decline(1, &task, "no space", Instant::now()), Some((savepoint(), tolerated(0))));
+        assert_eq!(c.failed(9, savepoint(), "never started", Instant::now(), 0), tolerated(0));
         // The checkpoint completes independently.
         assert!(matches!(c.acknowledge(2, &task, ack(5)), AckOutcome::AllAcked(_)));
-        c.completed(2, clock.now(), 10_500, 5);
+        c.completed(2, Instant::now(), 10_500, 5);
 
-        c.begin(10, savepoint(), clock.now(), 11_000);
+        c.begin(10, savepoint(), Instant::now(), 11_000);
         assert!(matches!(c.acknowledge(10, &task, ack(7)), AckOutcome::AllAcked(p) if p.kind == savepoint()));
-        c.completed(10, clock.now(), 11_200, 7);
+        c.completed(10, Instant::now(), 11_200, 7);
         let stats = c.stats();
         assert_eq!(stats.latest_savepoint.as_ref().map(|r| (r.id, r.duration_ms)), Some((10, Some(200))));
         assert_eq!(stats.latest_completed.as_ref().map(|r| r.id), Some(10));
@@ -981,8 +978,7 @@ mod tests {
 
     #[test]
     fn abort_all_does_not_count_as_failures() {
-        let clock = Clock::new();
-        let start = clock.now();
+        let start = Instant::now();
         let mut c = Coordinator::new(Some(config(1, 10, 0, 0)), tasks(1), start);
         let task = TaskKey::new("src", 0);
         c.begin(1, CheckpointKind::Checkpoint, start, 0);
@@ -1009,8 +1005,7 @@ mod tests {
 
     #[test]
     fn a_commit_that_lands_after_an_abort_counts_as_completed() {
-        let clock = Clock::new();
-        let start = clock.now();
+        let start = Instant::now();
         let mut c = Coordinator::new(Some(config(1, 10, 0, 0)), tasks(1), start);
         c.begin(1, CheckpointKind::Checkpoint, start, 0);
         c.abort_all("restart", 10);
@@ -1024,8 +1019,7 @@ mod tests {
 
     #[test]
     fn set_tasks_affects_later_checkpoints_only() {
-        let clock = Clock::new();
-        let start = clock.now();
+        let start = Instant::now();
         let mut c = Coordinator::new(Some(config(1, 10, 0, 0)), tasks(1), start);
         c.begin(1, CheckpointKind::Checkpoint, start, 0);
         c.set_tasks(tasks(3));
@@ -1036,17 +1030,16 @@ mod tests {
         assert_eq!(c.acknowledge(2, &TaskKey::new("src", 2), ack(1)), AckOutcome::Pending { acked: 1, expected: 3 });
     }
 
-    #[test]
-    fn history_keeps_the_newest_records() {
-        let mut clock = Clock::new();
-        let start = clock.now();
+    #[tokio::test(start_paused = true)]
+    async fn history_keeps_the_newest_records() {
+        let start = Instant::now();
         let mut c = Coordinator::new(Some(config(1, 10, 0, 0)), tasks(1), start);
         for id in 1..=150 {
-            c.begin(id, CheckpointKind::Checkpoint, clock.now(), id * 1000);
+            c.begin(id, CheckpointKind::Checkpoint, Instant::now(), id * 1000);
             assert_eq!(c.stats().history.back().unwrap().status, CheckpointRecordStatus::InProgress);
             ack_all(&mut c, id, 1);
-            clock.advance(S);
-            c.completed(id, clock.now(), id * 1000 + 100, 10);
+            advance(S).await;
+            c.completed(id, Instant::now(), id * 1000 + 100, 10);
         }
         let history = &c.stats().history;
         assert_eq!(history.len(), MAX_HISTORY);

@@ -199,6 +199,13 @@ impl JobMaster {
                 self.write(lease).await?;
                 tracing::info!(job_id = %self.job_id, attempt = self.attempt, "adopted running tasks");
                 self.after_tasks_changed().await?;
+                if let Some(checkpoint_id) = completed_stop_savepoint(job) {
+                    // The predecessor committed a stop-with-savepoint but may have died before telling the tasks:
+                    // tell them again (idempotent), and wait for them to finish.
+                    self.phase = Phase::Stopping;
+                    self.notify_tasks(checkpoint_id, true).await?;
+                    return self.after_tasks_changed().await;
+                }
                 if self.phase == Phase::Running {
                     self.coordinator.trigger_soon(Instant::now());
                 }
@@ -919,6 +926,14 @@ fn is_fencing(error: &DeterministicError) -> bool {
 
 fn read_job(ctx: &JobMasterContext, job_id: &str) -> Option<Job> {
     ctx.node.state().read(|s| s.cluster.job(job_id).cloned())
+}
+
+/// The checkpoint id of a completed stop-with-savepoint of a job that has not finished yet.
+fn completed_stop_savepoint(job: &Job) -> Option<u64> {
+    job.savepoint_requests.values().filter(|r| r.terminate).find_map(|r| match &r.outcome {
+        Some(SavepointOutcome::Completed { savepoint }) => Some(savepoint.checkpoint_id),
+        _ => None,
+    })
 }
 
 /// Where a new attempt restores from: the latest completed checkpoint, else the savepoint the spec names.

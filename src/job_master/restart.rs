@@ -343,6 +343,49 @@ mod tests {
         }
     }
 
+    /// Plays a JobMaster on tokio's paused clock, with `now_ms` read from it: the job runs for the next of `runs`
+    /// and fails; a restart's delay is slept before the job is redeployed and reported RUNNING. Returns the delays
+    /// slept and the reason the policy finally gave up (panics if it never does).
+    async fn drive(policy: &mut RestartPolicy, runs: &[u64]) -> (Vec<Duration>, String) {
+        let start = tokio::time::Instant::now();
+        let now_ms = || start.elapsed().as_millis() as u64;
+        let mut slept = Vec::new();
+        for &run_ms in runs {
+            tokio::time::sleep(Duration::from_millis(run_ms)).await;
+            match policy.on_failure(now_ms()) {
+                RestartDecision::Restart { delay } => {
+                    let failed_at = tokio::time::Instant::now();
+                    tokio::time::sleep(delay).await;
+                    assert_eq!(failed_at.elapsed(), delay, "the redeploy happens exactly the decided delay later");
+                    policy.on_running(now_ms());
+                    slept.push(delay);
+                }
+                RestartDecision::GiveUp { reason } => return (slept, reason),
+            }
+        }
+        panic!("the policy never gave up; restarts after {slept:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_master_sleeps_the_decided_delays_until_the_policy_gives_up() {
+        let start = tokio::time::Instant::now();
+        let mut policy = RestartPolicy::new(&fixed(2, 1_500), 0);
+        let (slept, reason) = drive(&mut policy, &[5_000, 5_000, 5_000]).await;
+        assert_eq!(slept, vec![Duration::from_millis(1_500); 2]);
+        assert_eq!(reason, "exhausted 2 restart attempts");
+        assert_eq!(start.elapsed(), Duration::from_millis(3 * 5_000 + 2 * 1_500));
+
+        // Exponential, at most 3 attempts between resets: 1s, 2s; a 70s run (over the 60s threshold) resets the
+        // backoff and the attempts; then 1s, 2s, 4s, and the fourth attempt since the reset is refused.
+        let start = tokio::time::Instant::now();
+        let mut policy = RestartPolicy::new(&exponential(0.0, 3), 7);
+        let (slept, reason) = drive(&mut policy, &[10_000, 10_000, 70_000, 10_000, 10_000, 10_000]).await;
+        assert_eq!(slept, [1, 2, 1, 2, 4].map(Duration::from_secs));
+        assert_eq!(reason, "exhausted 3 restart attempts since the last backoff reset");
+        assert_eq!(policy.restarts(), 5);
+        assert_eq!(start.elapsed(), Duration::from_secs(10 + 10 + 70 + 10 + 10 + 10 + 1 + 2 + 1 + 2 + 4));
+    }
+
     #[test]
     fn none_never_restarts() {
         let mut policy = RestartPolicy::new(&RestartStrategySpec::None, 0);

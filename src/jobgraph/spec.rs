@@ -234,7 +234,7 @@ pub enum WindowAggregate {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSink {
-    /// Output directory, shared by the subtasks; committed part files are named `part-<subtask>-<n>`.
+    /// Output directory, shared by the subtasks; committed part files are named `part-<vertex>-<subtask>-<n>`.
     pub path: String,
 }
 

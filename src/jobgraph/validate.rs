@@ -14,8 +14,8 @@
 //! - a vertex without inputs starts with a source, a vertex without outputs ends with a sink, and nothing else
 //!   holds a source or sink; `key_by` only ever opens a vertex that has inputs, and keyed aggregates only follow it.
 //!
-//! Caveat: expressions (`map`, `filter`) are only checked to be non-empty; their syntax belongs to the runtime's
-//! expression evaluator.
+//! Expressions (`map`, `filter`) are compiled with the runtime's evaluator, so a syntax error is refused here;
+//! errors that depend on the data (a missing field, a type mismatch) can only show when a record is evaluated.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -434,7 +434,10 @@ fn check_settings(field: &str, operator: &OperatorSpec, key: Option<&str>) -> Re
         }
         OperatorSpec::Files(files) => require_non_blank(&at("path"), &files.path, "the directory to read")?,
         OperatorSpec::Map(map) => check_map_fields(&at("fields"), &map.fields)?,
-        OperatorSpec::Filter(filter) => require_non_blank(&at("expr"), &filter.expr, "a boolean expression")?,
+        OperatorSpec::Filter(filter) => {
+            require_non_blank(&at("expr"), &filter.expr, "a boolean expression")?;
+            check_expression(&at("expr"), &filter.expr)?
+        }
         OperatorSpec::KeyBy(key_by) => require_non_blank(&at("field"), &key_by.field, "the key field's name")?,
         OperatorSpec::Count(aggregate) => check_aggregate(&prefix, "count", aggregate, false, key)?,
         OperatorSpec::Sum(aggregate) | OperatorSpec::Min(aggregate) | OperatorSpec::Max(aggregate) => {
@@ -457,8 +460,17 @@ fn check_map_fields(field: &str, fields: &std::collections::BTreeMap<String, Str
             return Err(SpecError::new(field, "has an empty field name; name every field"));
         }
         require_non_blank(&format!("{field}.{name}"), expression, "an expression")?;
+        check_expression(&format!("{field}.{name}"), expression)?;
     }
     Ok(())
+}
+
+/// Compiles an expression with the runtime's engine, so a syntax error is refused at submit, not at deploy.
+fn check_expression(field: &str, expression: &str) -> Result<(), SpecError> {
+    crate::taskmanager::runtime::ExprEngine::new()
+        .compile(expression)
+        .map(|_| ())
+        .map_err(|e| SpecError::new(field, format!("is not a valid expression: {e}")))
 }
 
 /// `prefix` ends with a dot: `vertices[0].operators[2].sum.`.
@@ -989,6 +1001,14 @@ edges:
         assert_refused(&yaml, "vertices[0].operators[1].map.fields.k", "is empty; give an expression");
         let yaml = single("sequence: {}, map: {fields: {\"\": seq}}, log");
         assert_refused(&yaml, "vertices[0].operators[1].map.fields", "empty field name");
+    }
+
+    #[test]
+    fn expressions_with_syntax_errors_are_refused_at_submit() {
+        let yaml = single("sequence: {}, filter: {expr: \"seq >\"}, log");
+        assert_refused(&yaml, "vertices[0].operators[1].filter.expr", "is not a valid expression");
+        let yaml = single("sequence: {}, map: {fields: {k: \"(seq % \"}}, log");
+        assert_refused(&yaml, "vertices[0].operators[1].map.fields.k", "is not a valid expression");
     }
 
     #[test]

@@ -10,10 +10,12 @@
 //!   longer knows it (it was declared dead), it registers again. The heartbeat answer lists stale deployments
 //!   (an older attempt, or a job that ended) and those are cancelled: a job never runs twice.
 //! * **Events** ([`TaskManager::run_event_forwarder`]): task state changes and checkpoint acknowledgements go to
-//!   the leader in batches. Undeliverable events are dropped after a few tries: states are re-reported by every
-//!   heartbeat, and a lost acknowledgement only makes that checkpoint time out.
+//!   the leader in batches. A batch no replica takes within one round over the replicas is dropped: states are
+//!   re-reported by every heartbeat, and a lost acknowledgement only makes that checkpoint time out.
 //! * **Commands** ([`TaskExecutorHandler`]): deploy, cancel, trigger a checkpoint, notify completion, reconcile.
 //!   Every command carries a fencing token; one older than the newest accepted for the job is refused and logged.
+//!   Deploys are serialized and checked again after the tasks started, so an attempt runs at most once, an
+//!   attempt older than one already here is refused, and a deploy overtaken by a newer JobMaster is undone.
 //!
 //! Caveat: the newest tokens live in memory only. A restarted TaskManager has no tasks left to protect, and
 //! registers again before it gets new ones.
@@ -101,14 +103,22 @@ pub struct TaskManager {
     /// The replica believed to lead, and the next replica to try otherwise.
     leader: Mutex<(Option<String>, usize)>,
     events: mpsc::Sender<TaskEvent>,
+    /// Serializes deploys: checking for an existing attempt, starting it and recording it is one step.
+    deploying: tokio::sync::Mutex<()>,
 }
 
 impl TaskManager {
     /// Creates a TaskManager and starts its membership and event loops.
     pub fn start(config: TaskManagerConfig, gateway: Arc<dyn JobManagerGateway>) -> Arc<Self> {
         let (events, receiver) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-        let tm =
-            Arc::new(Self { config, gateway, jobs: Mutex::new(HashMap::new()), leader: Mutex::new((None, 0)), events });
+        let tm = Arc::new(Self {
+            config,
+            gateway,
+            jobs: Mutex::new(HashMap::new()),
+            leader: Mutex::new((None, 0)),
+            events,
+            deploying: tokio::sync::Mutex::new(()),
+        });
         tokio::spawn(tm.clone().run_membership());
         tokio::spawn(tm.clone().run_event_forwarder(receiver));
         tm
@@ -221,7 +231,10 @@ impl TaskManager {
         let leader = self.leader.lock().unwrap_or_else(|p| p.into_inner());
         match &leader.0 {
             Some(address) => address.clone(),
-            None => self.config.cluster[leader.1 % self.config.cluster.len()].clone(),
+            None => {
+                let cluster = &self.config.cluster;
+                cluster.get(leader.1 % cluster.len().max(1)).cloned().unwrap_or_default()
+            }
         }
     }
 
@@ -292,8 +305,9 @@ impl TaskManager {
             return FromTaskManager::Fenced { newest };
         }
         match command {
-            ToTaskManager::Deploy { job_id, attempt, spec_json, vertices, restore, checkpoint_dir, .. } => {
-                self.deploy(job_id, attempt, &spec_json, &vertices, restore, checkpoint_dir).await
+            ToTaskManager::Deploy { token, job_id, attempt, spec_json, vertices, restore, checkpoint_dir } => {
+                let request = DeployRequest { token, job_id, attempt, spec_json, vertices, restore, checkpoint_dir };
+                self.deploy(request).await
             }
             ToTaskManager::Cancel { job_id, attempt, .. } => {
                 self.with_deployments(&job_id, attempt, |d| d.cancel());
@@ -352,24 +366,26 @@ impl TaskManager {
         }
     }
 
-    async fn deploy(
-        &self,
-        job_id: JobId,
-        attempt: u32,
-        spec_json: &str,
-        vertex_ids: &[String],
-        restore: Option<String>,
-        checkpoint_dir: String,
-    ) -> FromTaskManager {
-        if self.jobs().get(&job_id).is_some_and(|e| e.deployments.contains_key(&attempt)) {
-            return FromTaskManager::Ok;
+    async fn deploy(&self, request: DeployRequest) -> FromTaskManager {
+        let DeployRequest { token, job_id, attempt, spec_json, vertices: vertex_ids, restore, checkpoint_dir } =
+            request;
+        let _one_at_a_time = self.deploying.lock().await;
+        let newest_deployed = self.jobs().get(&job_id).and_then(|e| e.deployments.keys().next_back().copied());
+        match newest_deployed {
+            Some(newest) if newest == attempt => return FromTaskManager::Ok,
+            Some(newest) if newest > attempt => {
+                let message = format!("attempt {attempt} of job {job_id} is older than attempt {newest} running here");
+                tracing::warn!(%job_id, attempt, newest, "refusing to deploy an outdated attempt");
+                return FromTaskManager::Error { message };
+            }
+            _ => {}
         }
-        let graph = match JobGraph::from_canonical_json(spec_json) {
+        let graph = match JobGraph::from_canonical_json(&spec_json) {
             Ok(graph) => Arc::new(graph),
             Err(e) => return FromTaskManager::Error { message: format!("unreadable job spec: {e}") },
         };
         let mut vertices = Vec::new();
-        for id in vertex_ids {
+        for id in &vertex_ids {
             match graph.vertices.iter().position(|v| &v.id == id) {
                 Some(index) => vertices.push(index),
                 None => return FromTaskManager::Error { message: format!("job has no vertex {id}") },
@@ -387,12 +403,18 @@ impl TaskManager {
             Ok(deployment) => deployment,
             Err(e) => return FromTaskManager::Error { message: e.to_string() },
         };
-        tracing::info!(%job_id, attempt, "deployed");
         let mut jobs = self.jobs();
         let Some(entry) = jobs.get_mut(&job_id) else {
             deployment.cancel();
             return FromTaskManager::Error { message: "job forgotten while deploying".into() };
         };
+        // A newer JobMaster may have introduced itself while this one was starting: it must not find a deployment
+        // it did not order.
+        if token < entry.newest {
+            tracing::warn!(%job_id, attempt, %token, newest = %entry.newest, "deployment fenced off while starting");
+            deployment.cancel();
+            return FromTaskManager::Fenced { newest: entry.newest };
+        }
         // An older attempt of the same job is stale by definition: the JobMaster moved on.
         for (old, running) in &entry.deployments {
             if *old < attempt && !running.deployment.is_terminal() {
@@ -400,8 +422,20 @@ impl TaskManager {
             }
         }
         entry.deployments.insert(attempt, Running { deployment, terminal_since: None });
+        tracing::info!(%job_id, attempt, "deployed");
         FromTaskManager::Ok
     }
+}
+
+/// The fields of a `Deploy` command.
+struct DeployRequest {
+    token: FencingToken,
+    job_id: JobId,
+    attempt: u32,
+    spec_json: String,
+    vertices: Vec<String>,
+    restore: Option<String>,
+    checkpoint_dir: String,
 }
 
 impl TaskExecutorHandler for Arc<TaskManager> {
@@ -410,7 +444,8 @@ impl TaskExecutorHandler for Arc<TaskManager> {
     }
 }
 
-/// Drops deployments that ended more than [`KEEP_TERMINAL`] ago, and jobs left without any.
+/// Drops deployments that ended more than [`KEEP_TERMINAL`] ago. The job's entry, with its newest token, stays:
+/// forgetting the token would let a deposed JobMaster deploy the job again.
 fn forget_old_terminal(jobs: &mut HashMap<JobId, JobEntry>) {
     let now = Instant::now();
     for entry in jobs.values_mut() {

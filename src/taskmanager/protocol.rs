@@ -10,7 +10,7 @@
 //!
 //! Every command to a TaskManager that concerns a job carries a [`FencingToken`]: the Raft term of the leader that
 //! sends it and the JobMaster epoch granted to the job under that term. A TaskManager remembers, per job, the newest
-//! token it accepted and refuses older ones ([`FromTaskManager::Refused`]). A new leader grants a new epoch before it
+//! token it accepted and refuses older ones ([`FromTaskManager::Fenced`]). A new leader grants a new epoch before it
 //! talks to any TaskManager, so once a TaskManager has heard from it, nothing a deposed leader sends is obeyed.
 
 use std::future::Future;

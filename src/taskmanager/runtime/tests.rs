@@ -547,10 +547,16 @@ vertices:
   - id: mapper
     operators:
       - sequence: {to: 10}
-      - map: {fields: {x: "seq +* 2"}}
+      - map: {fields: {x: "seq * 2"}}
       - blackhole: {}
 "#;
-    let err = start(&graph(yaml), 1, None, tmp.path()).await.unwrap_err();
+    // Submission refuses a syntax error, so plant one behind the validator's back: the runtime must still refuse
+    // it cleanly (a spec from an older version, or a bug elsewhere).
+    let mut bad = (*graph(yaml)).clone();
+    if let crate::jobgraph::OperatorSpec::Map(map) = &mut bad.vertices[0].operators[1] {
+        map.fields.insert("x".into(), "seq +* 2".into());
+    }
+    let err = start(&Arc::new(bad), 1, None, tmp.path()).await.unwrap_err();
     assert!(matches!(err, RuntimeError::Expression { operator: 1, .. }), "{err:?}");
     let message = err.to_string();
     assert!(message.contains("vertex `mapper`") && message.contains("seq +* 2"), "{message}");
