@@ -170,8 +170,13 @@ async fn submit_jobs(client: &ClusterClient, from: u32, to: u32, interval_ms: u6
     Ok(())
 }
 
+/// Every job, read from the first reachable replica's own state (stale: no leader needed).
 async fn jobs(client: &ClusterClient) -> Result<Vec<pb::JobSummary>> {
-    let request = pb::ListJobsRequest { consistency: pb::ReadConsistency::Stale as i32 };
+    list_jobs(client, pb::ReadConsistency::Stale).await
+}
+
+async fn list_jobs(client: &ClusterClient, consistency: pb::ReadConsistency) -> Result<Vec<pb::JobSummary>> {
+    let request = pb::ListJobsRequest { consistency: consistency as i32 };
     let reply = client.call(|mut c| async move { c.list_jobs(request).await }).await?;
     Ok(reply.jobs)
 }
@@ -227,7 +232,8 @@ pub async fn run(args: BenchJobsArgs) -> Result<()> {
     let mut restarted_total = 0u64;
     for round in 1..=args.kills {
         let Some(leader_id) = leader(&client).await else { bail!("no leader before kill {round}") };
-        let before = jobs(&client).await?;
+        // Linearizable: a lagging replica's view would count a checkpoint committed before the kill as new.
+        let before = list_jobs(&client, pb::ReadConsistency::Linearizable).await?;
         let killed_at = cluster.kill(leader_id).await?;
         let survivors: Vec<String> =
             cluster.replicas.iter().filter(|r| r.0 != leader_id).map(|r| r.1.clone()).collect();
