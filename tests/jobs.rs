@@ -246,3 +246,18 @@ async fn a_job_without_enough_slots_waits_visibly_and_runs_once_a_task_manager_j
         .unwrap();
     wait_job(&client, &job_id, &mut seen, Duration::from_secs(20), "cancelled", |j| j.status == "CANCELED").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_restored_from_a_missing_savepoint_fails_with_the_reason() {
+    let cluster = TestCluster::start(3, &[]);
+    let client = cluster.client().with_request_timeout(Duration::from_secs(10));
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    let missing = cluster.dir.path().join("no-such-savepoint");
+    let spec = counting_job("restore", &cluster.dir.path().join("out"), Some(missing.to_str().unwrap()));
+    let job_id = submit(&client, spec, "restore-1").await;
+    let mut seen = Vec::new();
+    let failed =
+        wait_job(&client, &job_id, &mut seen, Duration::from_secs(10), "failed", |j| j.status == "FAILED").await;
+    assert!(failed.error.contains("no-such-savepoint") && failed.error.contains("_metadata"), "{}", failed.error);
+    assert_eq!(failed.restarts, 0, "a savepoint that does not exist is not retried");
+}

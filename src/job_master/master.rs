@@ -457,6 +457,18 @@ impl JobMaster {
 
     /// Deploys a new attempt: slots, the deployment record, then the tasks.
     async fn deploy(&mut self) -> Step {
+        let job = read_job(&self.ctx, &self.job_id).ok_or_else(|| Exit::Unrunnable("job vanished".into()))?;
+        let restore = restore_point(&job, &self.graph);
+        if let Some(path) = &restore {
+            if let Err(reason) = self.check_restore_point(path).await {
+                if job.checkpoints.is_empty() {
+                    // The user's savepoint does not fit this job: retrying will not change that.
+                    self.record_failure(reason.clone(), false).await?;
+                    return self.end(JobStatus::Failed, Some(reason)).await;
+                }
+                return self.fail(reason).await;
+            }
+        }
         let components = self.graph.components();
         let needs: Vec<u32> = components
             .iter()
@@ -468,8 +480,6 @@ impl JobMaster {
             Err(AllocationError::Placement(e)) => return self.wait_for_slots(e.to_string()).await,
             Err(AllocationError::Cluster(e)) => return Err(self.classify(e)),
         };
-        let job = read_job(&self.ctx, &self.job_id).ok_or_else(|| Exit::Unrunnable("job vanished".into()))?;
-        let restore = restore_point(&job, &self.graph);
         let attempt = self.attempt.max(job.deployment.as_ref().map_or(0, |d| d.attempt)) + 1;
         let checkpoint_dir = self.configured_checkpoint_dir();
         let deployed: Vec<DeployedComponent> = components
@@ -512,6 +522,36 @@ impl JobMaster {
             };
             if let Err(reason) = self.send(&placement, deploy).await? {
                 return self.fail(format!("deploying to TaskManager {} failed: {reason}", placement.tm_id)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `path` holds a completed checkpoint or savepoint whose state fits this job's graph.
+    async fn check_restore_point(&self, path: &str) -> Result<(), String> {
+        let dir = PathBuf::from(path);
+        let metadata = tokio::task::spawn_blocking(move || storage::read_metadata(&dir))
+            .await
+            .map_err(|e| format!("reading {path} panicked: {e}"))?
+            .map_err(|e| format!("cannot restore from {path}: {e}"))?;
+        let allow_unclaimed = self.graph.spec.savepoint.as_ref().is_some_and(|s| s.allow_non_restored_state);
+        for saved in &metadata.vertices {
+            match self.graph.vertex(&saved.id) {
+                None if !allow_unclaimed => {
+                    return Err(format!(
+                        "{path} holds state of vertex `{}`, which this job does not have; rename a vertex to `{}` \
+                         or set savepoint.allow_non_restored_state: true to skip that state",
+                        saved.id, saved.id
+                    ));
+                }
+                Some(vertex) if vertex.max_parallelism != saved.max_parallelism => {
+                    return Err(format!(
+                        "vertex `{}` has max_parallelism {} but {path} was taken with {}; max_parallelism cannot \
+                         change across a restore",
+                        saved.id, vertex.max_parallelism, saved.max_parallelism
+                    ));
+                }
+                _ => {}
             }
         }
         Ok(())
