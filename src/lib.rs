@@ -6,9 +6,15 @@
 //!
 //! * [`raft`]: the replicated core (types, commands, the pure state machine, storage, network);
 //! * [`cluster`]: a replica around it (bootstrap, forwarding to the leader, reads, leadership);
-//! * [`dispatcher`]: the entry point for jobs (spec validation, submit, cancel, reads);
-//! * [`api`]: gRPC (client API and peer service);
-//! * [`cli`]: the `jm` command line (server, local cluster, job and cluster commands, bench).
+//! * [`jobgraph`]: the job spec format, its validation and the resolved job graph;
+//! * [`dispatcher`]: the entry point for jobs (submit, cancel, savepoints, reads);
+//! * [`leader`]: the leader-only services, started and stopped with leadership;
+//! * [`resource_manager`]: TaskManager liveness, slot placement and leases;
+//! * [`job_master`]: one actor per job (deploy or adopt, checkpoints, restarts, savepoints);
+//! * [`checkpoint`]: the checkpoint coordinator's bookkeeping and the checkpoint storage layout;
+//! * [`taskmanager`]: the TaskManager process, its protocol with the leader and the task runtime;
+//! * [`api`]: gRPC (client API, peer service, TaskManager service);
+//! * [`cli`]: the `jm` command line (server, taskmanager, local cluster, job and cluster commands, benchmarks).
 
 pub mod api;
 pub mod checkpoint;

@@ -22,7 +22,7 @@ use crate::raft::state::{Job, SavepointRequest};
 use crate::raft::{Command, DeterministicError, Epoch, JobId, JobStatus, Response, SlotId, TaskManagerId};
 use crate::resource_manager::AllocationError;
 use crate::taskmanager::protocol::{
-    DeploymentReport, FencingToken, FromTaskManager, SavepointTarget, TaskEventMsg, ToTaskManager, WireTaskState,
+    DeploymentReport, FencingToken, FromTaskManager, SavepointTarget, TaskEvent, TaskState, ToTaskManager,
 };
 
 /// How often the JobMaster looks at the replicated state and its timers.
@@ -125,7 +125,7 @@ struct JobMaster {
     coordinator: Coordinator,
     attempt: u32,
     placements: Vec<Placement>,
-    tasks: BTreeMap<TaskKey, WireTaskState>,
+    tasks: BTreeMap<TaskKey, TaskState>,
     phase: Phase,
     deployed_at: Instant,
     savepoints: BTreeMap<u64, SavepointInFlight>,
@@ -244,7 +244,7 @@ impl JobMaster {
                 for subtask in 0..parallelism {
                     let state = report.subtasks.iter().find(|s| &s.vertex == vertex && s.subtask == subtask);
                     match state.map(|s| s.state) {
-                        Some(state) if is_alive(state) || state == WireTaskState::Finished => {
+                        Some(state) if is_alive(state) || state == TaskState::Finished => {
                             tasks.insert(TaskKey { vertex: vertex.clone(), subtask }, state);
                         }
                         other => return Err(format!("subtask {vertex} ({subtask}) is {other:?}")),
@@ -299,9 +299,9 @@ impl JobMaster {
         }
     }
 
-    async fn on_task_event(&mut self, event: TaskEventMsg) -> Step {
+    async fn on_task_event(&mut self, event: TaskEvent) -> Step {
         match event {
-            TaskEventMsg::StateChanged { attempt, vertex, subtask, state, error, .. } => {
+            TaskEvent::StateChanged { attempt, vertex, subtask, state, error, .. } => {
                 if attempt != self.attempt {
                     return Ok(());
                 }
@@ -310,13 +310,13 @@ impl JobMaster {
                     return Ok(());
                 }
                 self.tasks.insert(key, state);
-                if state == WireTaskState::Failed && self.has_live_deployment() {
+                if state == TaskState::Failed && self.has_live_deployment() {
                     let error = error.unwrap_or_else(|| "no reason given".to_string());
                     return self.fail(format!("subtask {vertex} ({subtask}) failed: {error}")).await;
                 }
                 self.after_tasks_changed().await
             }
-            TaskEventMsg::CheckpointAcked { attempt, checkpoint_id, vertex, subtask, handle, state_size, .. } => {
+            TaskEvent::CheckpointAcked { attempt, checkpoint_id, vertex, subtask, handle, state_size, .. } => {
                 if attempt != self.attempt {
                     return Ok(());
                 }
@@ -330,7 +330,7 @@ impl JobMaster {
                     }
                 }
             }
-            TaskEventMsg::CheckpointDeclined { attempt, checkpoint_id, vertex, subtask, reason, .. } => {
+            TaskEvent::CheckpointDeclined { attempt, checkpoint_id, vertex, subtask, reason, .. } => {
                 if attempt != self.attempt {
                     return Ok(());
                 }
@@ -361,7 +361,7 @@ impl JobMaster {
         if !changed {
             return Ok(());
         }
-        let failed = self.tasks.iter().find(|(_, s)| **s == WireTaskState::Failed).map(|(k, _)| k.clone());
+        let failed = self.tasks.iter().find(|(_, s)| **s == TaskState::Failed).map(|(k, _)| k.clone());
         if let (Some(key), true) = (failed, self.has_live_deployment()) {
             return self.fail(format!("subtask {} ({}) failed", key.vertex, key.subtask)).await;
         }
@@ -373,9 +373,9 @@ impl JobMaster {
         if self.tasks.is_empty() {
             return Ok(());
         }
-        let all = |wanted: &[WireTaskState]| self.tasks.values().all(|s| wanted.contains(s));
-        let all_started = all(&[WireTaskState::Running, WireTaskState::Finished]);
-        let all_finished = all(&[WireTaskState::Finished]);
+        let all = |wanted: &[TaskState]| self.tasks.values().all(|s| wanted.contains(s));
+        let all_started = all(&[TaskState::Running, TaskState::Finished]);
+        let all_finished = all(&[TaskState::Finished]);
         let all_ended = self.tasks.values().all(|s| is_terminal(*s));
         match self.phase {
             Phase::Deploying { .. } if all_started => {
@@ -504,7 +504,7 @@ impl JobMaster {
         self.attempt = attempt;
         self.waiting_reported = false;
         self.placements = deployed.iter().map(|c| self.placement(c)).collect();
-        self.tasks = self.all_task_keys().into_iter().map(|k| (k, WireTaskState::Deploying)).collect();
+        self.tasks = self.all_task_keys().into_iter().map(|k| (k, TaskState::Deploying)).collect();
         self.coordinator.set_tasks(self.tasks.keys().cloned().collect());
         self.phase = Phase::Deploying { since: Instant::now() };
         self.deployed_at = Instant::now();
@@ -674,7 +674,7 @@ impl JobMaster {
     }
 
     fn all_running(&self) -> bool {
-        !self.tasks.is_empty() && self.tasks.values().all(|s| *s == WireTaskState::Running)
+        !self.tasks.is_empty() && self.tasks.values().all(|s| *s == TaskState::Running)
     }
 
     /// Allocates a checkpoint id through Raft and injects the barrier at the sources.
@@ -982,15 +982,12 @@ fn restore_point(job: &Job, graph: &JobGraph) -> Option<String> {
     latest.or_else(|| graph.spec.savepoint.as_ref().map(|s| s.path.clone()))
 }
 
-fn is_alive(state: WireTaskState) -> bool {
-    matches!(
-        state,
-        WireTaskState::Created | WireTaskState::Deploying | WireTaskState::Initializing | WireTaskState::Running
-    )
+fn is_alive(state: TaskState) -> bool {
+    matches!(state, TaskState::Created | TaskState::Deploying | TaskState::Initializing | TaskState::Running)
 }
 
-fn is_terminal(state: WireTaskState) -> bool {
-    matches!(state, WireTaskState::Finished | WireTaskState::Canceled | WireTaskState::Failed)
+fn is_terminal(state: TaskState) -> bool {
+    matches!(state, TaskState::Finished | TaskState::Canceled | TaskState::Failed)
 }
 
 /// Deletes the files of checkpoints dropped by retention, off the JobMaster's task.

@@ -43,7 +43,7 @@ pub use master::run_job_master;
 use crate::cluster::ReplicaNode;
 use crate::raft::{JobId, TaskManagerId};
 use crate::resource_manager::ResourceManager;
-use crate::taskmanager::protocol::{DeploymentReport, TaskEventMsg, TaskExecutorGateway};
+use crate::taskmanager::protocol::{DeploymentReport, TaskEvent, TaskExecutorGateway};
 
 /// JobMaster settings, shared by every JobMaster of a leader.
 #[derive(Debug, Clone)]
@@ -64,7 +64,7 @@ pub struct JobMasterConfig {
 #[derive(Debug, Clone)]
 pub enum JobMasterMessage {
     /// A task event from a TaskManager.
-    TaskEvent(TaskEventMsg),
+    TaskEvent(TaskEvent),
     /// A TaskManager's heartbeat report of one of the job's deployments.
     Report {
         /// The reporting TaskManager.

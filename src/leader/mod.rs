@@ -27,7 +27,7 @@ use crate::job_master::{
 use crate::raft::{Command, JobId};
 use crate::resource_manager::{ResourceManager, RmConfig};
 use crate::taskmanager::protocol::{
-    BoxFuture, FromJobManager, JobManagerHandler, TaskEventMsg, TaskExecutorGateway, ToJobManager,
+    BoxFuture, FromJobManager, JobManagerHandler, TaskEvent, TaskExecutorGateway, ToJobManager,
 };
 
 /// How often the leader looks for live jobs without a JobMaster.
@@ -181,7 +181,7 @@ fn heartbeat(
     reply
 }
 
-fn deliver_events(active: &ActiveTerm, events: Vec<TaskEventMsg>) -> FromJobManager {
+fn deliver_events(active: &ActiveTerm, events: Vec<TaskEvent>) -> FromJobManager {
     for event in events {
         let job_id = event.job_id().to_string();
         if !active.registry.deliver(&job_id, JobMasterMessage::TaskEvent(event)) {

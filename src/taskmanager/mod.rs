@@ -33,9 +33,9 @@ use tokio::time::Instant;
 
 use protocol::{
     BoxFuture, DeploymentReport, FencingToken, FromJobManager, FromTaskManager, JobManagerGateway, SubtaskReport,
-    TaskEventMsg, TaskExecutorHandler, ToJobManager, ToTaskManager, WireTaskState,
+    TaskEvent, TaskExecutorHandler, ToJobManager, ToTaskManager,
 };
-use runtime::{Barrier, BarrierKind, Deployment, DeploymentSpec, TaskEvent, TaskState};
+use runtime::{Barrier, BarrierKind, Deployment, DeploymentSpec};
 
 use crate::jobgraph::JobGraph;
 use crate::raft::{JobId, TaskManagerId};
@@ -280,10 +280,10 @@ impl TaskManager {
         let mut batch = Vec::new();
         loop {
             let Some(first) = receiver.recv().await else { return };
-            batch.push(wire_event(first));
+            batch.push(first);
             while batch.len() < MAX_EVENTS_PER_BATCH {
                 match receiver.try_recv() {
-                    Ok(event) => batch.push(wire_event(event)),
+                    Ok(event) => batch.push(event),
                     Err(_) => break,
                 }
             }
@@ -465,40 +465,12 @@ fn subtask_reports(deployment: &Deployment) -> Vec<SubtaskReport> {
         .map(|s| SubtaskReport {
             vertex: s.vertex,
             subtask: s.subtask,
-            state: wire_state(s.state),
+            state: s.state,
             records_in: s.records_in,
             records_out: s.records_out,
             busy_ms: s.busy_ms,
         })
         .collect()
-}
-
-/// The protocol's name for a runtime task state.
-pub fn wire_state(state: TaskState) -> WireTaskState {
-    match state {
-        TaskState::Created => WireTaskState::Created,
-        TaskState::Deploying => WireTaskState::Deploying,
-        TaskState::Initializing => WireTaskState::Initializing,
-        TaskState::Running => WireTaskState::Running,
-        TaskState::Finished => WireTaskState::Finished,
-        TaskState::Canceling => WireTaskState::Canceling,
-        TaskState::Canceled => WireTaskState::Canceled,
-        TaskState::Failed => WireTaskState::Failed,
-    }
-}
-
-fn wire_event(event: TaskEvent) -> TaskEventMsg {
-    match event {
-        TaskEvent::StateChanged { job_id, attempt, vertex, subtask, state, error } => {
-            TaskEventMsg::StateChanged { job_id, attempt, vertex, subtask, state: wire_state(state), error }
-        }
-        TaskEvent::CheckpointAcked { job_id, attempt, checkpoint_id, vertex, subtask, handle, state_size } => {
-            TaskEventMsg::CheckpointAcked { job_id, attempt, checkpoint_id, vertex, subtask, handle, state_size }
-        }
-        TaskEvent::CheckpointDeclined { job_id, attempt, checkpoint_id, vertex, subtask, reason } => {
-            TaskEventMsg::CheckpointDeclined { job_id, attempt, checkpoint_id, vertex, subtask, reason }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::runtime::{TaskEvent, TaskState};
 use crate::raft::{Epoch, JobId, TaskManagerId};
 
 /// (Raft term, job epoch) of the JobMaster issuing a command. Ordered by term, then epoch.
@@ -36,27 +37,6 @@ impl std::fmt::Display for FencingToken {
     }
 }
 
-/// A task's execution state, with Flink's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum WireTaskState {
-    /// Created, not yet deploying.
-    Created,
-    /// Being deployed.
-    Deploying,
-    /// Restoring state.
-    Initializing,
-    /// Processing.
-    Running,
-    /// Done (bounded input ended, or stopped with a savepoint).
-    Finished,
-    /// Being cancelled.
-    Canceling,
-    /// Cancelled.
-    Canceled,
-    /// Failed.
-    Failed,
-}
-
 /// The state of one subtask, as a TaskManager reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubtaskReport {
@@ -65,7 +45,7 @@ pub struct SubtaskReport {
     /// Subtask index.
     pub subtask: u32,
     /// Its state.
-    pub state: WireTaskState,
+    pub state: TaskState,
     /// Records read.
     pub records_in: u64,
     /// Records emitted.
@@ -87,59 +67,7 @@ pub struct DeploymentReport {
     pub subtasks: Vec<SubtaskReport>,
 }
 
-/// Something that happened to a task, sent to the job's JobMaster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TaskEventMsg {
-    /// A subtask changed state.
-    StateChanged {
-        /// The job.
-        job_id: JobId,
-        /// The deployment attempt.
-        attempt: u32,
-        /// Vertex id.
-        vertex: String,
-        /// Subtask index.
-        subtask: u32,
-        /// The new state.
-        state: WireTaskState,
-        /// The failure, for FAILED.
-        error: Option<String>,
-    },
-    /// A subtask stored its state for a checkpoint.
-    CheckpointAcked {
-        /// The job.
-        job_id: JobId,
-        /// The deployment attempt.
-        attempt: u32,
-        /// The checkpoint.
-        checkpoint_id: u64,
-        /// Vertex id.
-        vertex: String,
-        /// Subtask index.
-        subtask: u32,
-        /// Where its state is.
-        handle: String,
-        /// Its size in bytes.
-        state_size: u64,
-    },
-    /// A subtask could not store its state for a checkpoint.
-    CheckpointDeclined {
-        /// The job.
-        job_id: JobId,
-        /// The deployment attempt.
-        attempt: u32,
-        /// The checkpoint.
-        checkpoint_id: u64,
-        /// Vertex id.
-        vertex: String,
-        /// Subtask index.
-        subtask: u32,
-        /// Why.
-        reason: String,
-    },
-}
-
-impl TaskEventMsg {
+impl TaskEvent {
     /// The job the event is about.
     pub fn job_id(&self) -> &str {
         match self {
@@ -176,7 +104,7 @@ pub enum ToJobManager {
         /// The TaskManager.
         tm_id: TaskManagerId,
         /// The events, oldest first.
-        events: Vec<TaskEventMsg>,
+        events: Vec<TaskEvent>,
     },
 }
 

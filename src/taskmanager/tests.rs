@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::protocol::{
     BoxFuture, DeploymentReport, FencingToken, FromJobManager, FromTaskManager, GatewayError, JobManagerGateway,
-    TaskEventMsg, TaskExecutorHandler, ToJobManager, ToTaskManager, WireTaskState,
+    TaskEvent, TaskExecutorHandler, TaskState, ToJobManager, ToTaskManager,
 };
 use super::{TaskManager, TaskManagerConfig};
 
@@ -35,7 +35,7 @@ struct FakeJobManager {
 
 impl FakeJobManager {
     /// Every task event received so far, oldest first.
-    fn events(&self) -> Vec<TaskEventMsg> {
+    fn events(&self) -> Vec<TaskEvent> {
         let requests = self.requests.lock().unwrap();
         requests
             .iter()
@@ -47,7 +47,7 @@ impl FakeJobManager {
     }
 
     /// Waits until an event matching `wanted` arrives, and returns it.
-    async fn wait_for_event(&self, what: &str, wanted: impl Fn(&TaskEventMsg) -> bool) -> TaskEventMsg {
+    async fn wait_for_event(&self, what: &str, wanted: impl Fn(&TaskEvent) -> bool) -> TaskEvent {
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(event) = self.events().into_iter().find(|e| wanted(e)) {
@@ -137,7 +137,7 @@ async fn wait_for_states(
     tm: &Arc<TaskManager>,
     token: FencingToken,
     job_id: &str,
-    wanted: &[(u32, WireTaskState)],
+    wanted: &[(u32, TaskState)],
 ) -> Vec<DeploymentReport> {
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -206,13 +206,13 @@ async fn deploy_is_reported_by_reconcile_and_replaced_by_a_newer_attempt() {
 
     // A new JobMaster reconciles: it learns what runs, under its own token, and nothing stops.
     let newer = token(2, 1);
-    let reports = wait_for_states(&tm, newer, "j", &[(1, WireTaskState::Running)]).await;
+    let reports = wait_for_states(&tm, newer, "j", &[(1, TaskState::Running)]).await;
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!((reports[0].job_id.as_str(), reports[0].attempt, reports[0].token), ("j", 1, newer));
     assert_eq!(reports[0].subtasks.iter().map(|s| (s.vertex.as_str(), s.subtask)).collect::<Vec<_>>(), [("src", 0)]);
     jm.wait_for_event("RUNNING of src[0]", |e| {
-        let running = WireTaskState::Running;
-        matches!(e, TaskEventMsg::StateChanged { job_id, attempt: 1, vertex, subtask: 0, state, .. }
+        let running = TaskState::Running;
+        matches!(e, TaskEvent::StateChanged { job_id, attempt: 1, vertex, subtask: 0, state, .. }
             if job_id == "j" && vertex == "src" && *state == running)
     })
     .await;
@@ -234,17 +234,17 @@ async fn deploy_is_reported_by_reconcile_and_replaced_by_a_newer_attempt() {
 
     // A newer attempt replaces it: attempt 1 is cancelled, attempt 2 runs.
     assert_eq!(tm.handle(deploy(newer, "j", 2, dir.path())).await, FromTaskManager::Ok);
-    let wanted = [(1, WireTaskState::Canceled), (2, WireTaskState::Running)];
+    let wanted = [(1, TaskState::Canceled), (2, TaskState::Running)];
     let reports = wait_for_states(&tm, newer, "j", &wanted).await;
     assert_eq!(reports.iter().map(|r| r.attempt).collect::<Vec<_>>(), [1, 2]);
     jm.wait_for_event("CANCELED of attempt 1", |e| {
-        matches!(e, TaskEventMsg::StateChanged { attempt: 1, state: WireTaskState::Canceled, .. })
+        matches!(e, TaskEvent::StateChanged { attempt: 1, state: TaskState::Canceled, .. })
     })
     .await;
     let deploying_1 = jm
         .events()
         .iter()
-        .filter(|e| matches!(e, TaskEventMsg::StateChanged { attempt: 1, state: WireTaskState::Deploying, .. }))
+        .filter(|e| matches!(e, TaskEvent::StateChanged { attempt: 1, state: TaskState::Deploying, .. }))
         .count();
     assert_eq!(deploying_1, 1, "attempt 1 was started once");
 }
@@ -255,7 +255,7 @@ async fn trigger_checkpoint_reaches_the_running_deployment() {
     let dir = tempfile::tempdir().unwrap();
     let tok = token(1, 1);
     assert_eq!(tm.handle(deploy(tok, "j", 1, dir.path())).await, FromTaskManager::Ok);
-    wait_for_states(&tm, tok, "j", &[(1, WireTaskState::Running)]).await;
+    wait_for_states(&tm, tok, "j", &[(1, TaskState::Running)]).await;
 
     match tm.handle(trigger(tok, "j", 7, 1)).await {
         FromTaskManager::Error { message } => assert!(message.contains("deployment 7"), "{message}"),
@@ -268,9 +268,9 @@ async fn trigger_checkpoint_reaches_the_running_deployment() {
 
     assert_eq!(tm.handle(trigger(tok, "j", 1, 1)).await, FromTaskManager::Ok);
     let ack = jm
-        .wait_for_event("ack of checkpoint 1", |e| matches!(e, TaskEventMsg::CheckpointAcked { checkpoint_id: 1, .. }))
+        .wait_for_event("ack of checkpoint 1", |e| matches!(e, TaskEvent::CheckpointAcked { checkpoint_id: 1, .. }))
         .await;
-    let TaskEventMsg::CheckpointAcked { job_id, attempt, vertex, subtask, handle, state_size, .. } = ack else {
+    let TaskEvent::CheckpointAcked { job_id, attempt, vertex, subtask, handle, state_size, .. } = ack else {
         unreachable!()
     };
     assert_eq!((job_id.as_str(), attempt, vertex.as_str(), subtask), ("j", 1, "src", 0));
@@ -286,4 +286,30 @@ async fn trigger_checkpoint_reaches_the_running_deployment() {
         completed: true,
     };
     assert_eq!(tm.handle(notify).await, FromTaskManager::Ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_older_than_the_one_running_is_refused_and_concurrent_deploys_start_once() {
+    let (tm, jm) = start();
+    let dir = tempfile::tempdir().unwrap();
+    // Two identical deploys racing (a retried call): the attempt starts once.
+    let (a, b) = tokio::join!(
+        tm.handle(deploy(token(1, 1), "j", 2, dir.path())),
+        tm.handle(deploy(token(1, 1), "j", 2, dir.path()))
+    );
+    assert_eq!((a, b), (FromTaskManager::Ok, FromTaskManager::Ok));
+    wait_for_states(&tm, token(1, 1), "j", &[(2, TaskState::Running)]).await;
+    let deploying = jm
+        .events()
+        .iter()
+        .filter(|e| matches!(e, TaskEvent::StateChanged { attempt: 2, state: TaskState::Deploying, .. }))
+        .count();
+    assert_eq!(deploying, 1, "attempt 2 started {deploying} times");
+    // A late deploy of an earlier attempt must not run next to the newer one.
+    match tm.handle(deploy(token(1, 1), "j", 1, dir.path())).await {
+        FromTaskManager::Error { message } => assert!(message.contains("older than attempt 2"), "{message}"),
+        other => panic!("an outdated attempt was accepted: {other:?}"),
+    }
+    let reports = deployments(&tm, token(1, 1), "j").await;
+    assert_eq!(reports.iter().map(|r| r.attempt).collect::<Vec<_>>(), [2]);
 }

@@ -1,10 +1,13 @@
-//! gRPC: two services on two listeners of every replica.
+//! gRPC: two services on two listeners of every replica, and one on every TaskManager.
 //!
 //! * `jobmanager.v1.JobManager` ([`service`]): the client API. Writes are forwarded to the leader by
-//!   the cluster layer, so any replica serves any request.
+//!   the cluster layer, so any replica serves any request. Its `TaskManagerCall` method carries the
+//!   TaskManagers' registrations, heartbeats and task events ([`taskmanager`]).
 //! * `jobmanager.peer.v1.RaftPeer` ([`peer`]): replica-to-replica calls carrying bincode payloads, plus
 //!   [`GrpcTransport`], the [`PeerTransport`](crate::raft::PeerTransport) that sends them over one
 //!   reused HTTP/2 channel per peer.
+//! * `jobmanager.taskmanager.v1.TaskExecutor` ([`taskmanager`]): served by each TaskManager, for the
+//!   leader's JobMasters (deploy, cancel, checkpoints, reconcile), plus the gateways both sides call with.
 //!
 //! Protobuf types stay here: [`convert`] turns domain values into messages, [`status`] maps every
 //! error to a `tonic::Status` with a message a person can act on. [`client::ClusterClient`] is the

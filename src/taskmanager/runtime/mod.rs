@@ -173,8 +173,8 @@ pub struct Barrier {
     pub kind: BarrierKind,
 }
 
-/// What a deployment reports to its TaskManager.
-#[derive(Debug, Clone, PartialEq)]
+/// What a deployment reports to its TaskManager, which forwards it to the job's JobMaster as is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskEvent {
     /// A subtask changed state.
     StateChanged {
