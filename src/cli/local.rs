@@ -65,6 +65,9 @@ pub struct ProcessInfo {
     pub grpc_addr: String,
     /// Its peer (Raft) address.
     pub raft_addr: String,
+    /// Where it serves the REST API (replicas only).
+    #[serde(default)]
+    pub http_addr: Option<String>,
     /// Its data directory.
     pub data_dir: PathBuf,
     /// Its log file.
@@ -135,6 +138,7 @@ pub fn spawn_replica(exe: &Path, dir: &Path, spec: &ReplicaSpec<'_>) -> Result<(
         pid,
         grpc_addr: spec.api_addr.to_string(),
         raft_addr: spec.raft_addr.to_string(),
+        http_addr: None,
         data_dir: dir.to_path_buf(),
         log: log_path,
         alive: true,
@@ -172,6 +176,7 @@ pub fn spawn_task_manager(
         pid,
         grpc_addr: listen.to_string(),
         raft_addr: String::new(),
+        http_addr: None,
         data_dir: dir.to_path_buf(),
         log: log_path,
         alive: true,
@@ -239,8 +244,15 @@ pub async fn run(args: LocalArgs) -> Result<()> {
 
     let mut children: Vec<(ProcessInfo, Child)> = Vec::new();
     for (id, api, raft) in &addrs {
-        let spec = ReplicaSpec { id: *id, api_addr: api, raft_addr: raft, peers: &peers, extra: &extra };
-        children.push(spawn_replica(&exe, &data_dir.join(format!("node-{id}")), &spec)?);
+        // Flink's REST port is 8081: replica N serves REST on 8080+N with the default ports.
+        let http = if args.base_port == 0 { free_port()? } else { 8080 + *id as u16 };
+        let http_addr = format!("127.0.0.1:{http}");
+        let mut replica_extra = extra.clone();
+        replica_extra.extend(["--http-listen".to_string(), http_addr.clone()]);
+        let spec = ReplicaSpec { id: *id, api_addr: api, raft_addr: raft, peers: &peers, extra: &replica_extra };
+        let (mut info, child) = spawn_replica(&exe, &data_dir.join(format!("node-{id}")), &spec)?;
+        info.http_addr = Some(http_addr);
+        children.push((info, child));
     }
     let cluster_addrs: Vec<String> = addrs.iter().map(|(_, api, _)| api.clone()).collect();
     for number in 1..=u64::from(args.task_managers) {
@@ -300,7 +312,8 @@ fn print_banner(
     for p in &file.processes {
         if p.role == "replica" {
             let (id, pid, api, raft, log) = (p.node_id, p.pid, &p.grpc_addr, &p.raft_addr, p.log.display());
-            println!("  replica {id}      pid {pid:<7}  api {api}  raft {raft}  log {log}");
+            let rest = p.http_addr.as_deref().map(|a| format!("  rest http://{a}")).unwrap_or_default();
+            println!("  replica {id}      pid {pid:<7}  api {api}  raft {raft}{rest}  log {log}");
         } else {
             let (n, pid, addr, log) = (p.node_id, p.pid, &p.grpc_addr, p.log.display());
             println!("  taskmanager {n}  pid {pid:<7}  rpc {addr}  log {log}");
@@ -321,6 +334,9 @@ fn print_banner(
         }
         Some(Err(e)) => println!("\nThe example job could not be submitted: {e}"),
         None => {}
+    }
+    if let Some(rest) = file.replicas().find_map(|p| p.http_addr.clone()) {
+        println!("\nFlink's REST API on every replica, e.g. curl http://{rest}/jobs/overview");
     }
     println!("\nTry, in another terminal:");
     println!("  {jm} cluster status{cluster}");

@@ -21,7 +21,9 @@ use serde::Deserialize;
 
 use crate::api::grpc::taskmanager::GrpcTaskExecutorGateway;
 use crate::api::grpc::{self, GrpcTransport};
+use crate::api::rest;
 use crate::cluster::{Compaction, NodeConfig, ReplicaNode, SystemClock, Timing};
+use crate::dispatcher::Dispatcher;
 use crate::job_master::JobMasterConfig;
 use crate::leader::{LeaderConfig, LeaderServices};
 use crate::raft::{Node, NodeId, SledEngine};
@@ -90,6 +92,9 @@ pub struct ServerArgs {
     /// How long a job waits for enough free slots before that counts as a failure.
     #[arg(long, env = "JM_SLOT_REQUEST_TIMEOUT_MS")]
     pub slot_request_timeout_ms: Option<u64>,
+    /// Where to serve the REST API (Flink's paths, like Flink's port 8081); off when not given.
+    #[arg(long, env = "JM_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -114,6 +119,7 @@ struct FileConfig {
     tm_heartbeat_timeout_ms: Option<u64>,
     placement: Option<String>,
     slot_request_timeout_ms: Option<u64>,
+    http_listen: Option<String>,
 }
 
 /// Parses `ID=RAFT_ADDR/API_ADDR,...`.
@@ -152,6 +158,8 @@ pub struct Resolved {
     pub raft_listen: String,
     /// Where the client API listens.
     pub api_listen: String,
+    /// Where the REST API listens, if anywhere.
+    pub http_listen: Option<String>,
 }
 
 /// Merges flags, environment and file into a configuration.
@@ -215,6 +223,7 @@ pub fn resolve(args: ServerArgs) -> Result<Resolved> {
         leader,
         raft_listen: args.raft_listen.or(file.raft_listen).unwrap_or(own.raft_addr),
         api_listen: args.api_listen.or(file.api_listen).unwrap_or(own.api_addr),
+        http_listen: args.http_listen.or(file.http_listen),
     })
 }
 
@@ -241,6 +250,16 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let node = ReplicaNode::start(config, Arc::new(engine), Arc::new(GrpcTransport::new()), Arc::new(SystemClock))
         .await
         .context("replica failed to start")?;
+    if let Some(http) = &resolved.http_listen {
+        let listener = grpc::bind(http).await.map_err(|e| anyhow!(e))?;
+        tracing::info!(http = %http, "serving the REST API");
+        let dispatcher = Dispatcher::new(node.clone());
+        tokio::spawn(async move {
+            if let Err(e) = rest::serve(dispatcher, listener, shutdown_signal()).await {
+                tracing::error!(error = %e, "REST API failed");
+            }
+        });
+    }
     let gateway = Arc::new(GrpcTaskExecutorGateway::new());
     let services = LeaderServices::start(node.clone(), leader_config, gateway);
     let raft_incoming = grpc::incoming(raft_listener);

@@ -26,6 +26,8 @@ pub fn free_port() -> u16 {
 pub struct Replica {
     pub id: u64,
     pub api_addr: String,
+    /// Where its REST API listens, if the cluster was started with one.
+    pub http_addr: Option<String>,
     pub raft_addr: String,
     pub data_dir: PathBuf,
     pub child: Option<Child>,
@@ -59,11 +61,21 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `n` replicas with extra `jm server` flags.
     pub fn start(n: u64, extra: &[&str]) -> Self {
+        Self::start_inner(n, extra, false)
+    }
+
+    /// Starts `n` replicas that also serve the REST API.
+    pub fn start_with_rest(n: u64, extra: &[&str]) -> Self {
+        Self::start_inner(n, extra, true)
+    }
+
+    fn start_inner(n: u64, extra: &[&str], rest: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let replicas: Vec<Replica> = (1..=n)
             .map(|id| Replica {
                 id,
                 api_addr: format!("127.0.0.1:{}", free_port()),
+                http_addr: rest.then(|| format!("127.0.0.1:{}", free_port())),
                 raft_addr: format!("127.0.0.1:{}", free_port()),
                 data_dir: dir.path().join(format!("node-{id}")),
                 child: None,
@@ -95,10 +107,12 @@ impl TestCluster {
         assert!(r.child.is_none(), "replica {id} is already running");
         std::fs::create_dir_all(&r.data_dir).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(r.data_dir.join("server.log")).unwrap();
+        let http: Vec<String> = r.http_addr.iter().flat_map(|a| ["--http-listen".to_string(), a.clone()]).collect();
         let child = Command::new(jm())
             .args(["server", "--id", &id.to_string(), "--peers", &peers])
             .arg("--data-dir")
             .arg(&r.data_dir)
+            .args(&http)
             .args(&extra)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
@@ -274,6 +288,41 @@ impl Drop for TestCluster {
             }
         }
     }
+}
+
+/// A minimal HTTP/1.1 exchange with `addr`: returns the status code and the body parsed as JSON (Null if empty).
+pub async fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let payload = if chunked { dechunk(rest) } else { rest.to_string() };
+    let json =
+        if payload.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(&payload).unwrap() };
+    (status, json)
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.push_str(&tail[..size]);
+        rest = &tail[size + 2..];
+    }
+    out
 }
 
 /// The smallest valid job spec: a sequence into a blackhole.

@@ -1,0 +1,255 @@
+//! The REST API: Apache Flink's REST paths, status codes and JSON field names, on every replica.
+//!
+//! Every route is served under `/` and under `/v1/`, like Flink's. Handlers are thin: they call the
+//! [`Dispatcher`] (which forwards writes to the leader and reads at the requested consistency) and shape its answer
+//! into Flink's JSON ([`flink`]). Errors take Flink's shape, `{"errors": ["..."]}`, with the status code mapped in
+//! one place ([`error`]).
+//!
+//! Reads are linearizable: a client reading after its write through another replica sees it. During an election a
+//! request waits (bounded by the write timeout) for the new leader instead of failing.
+//!
+//! What exists here so far: cluster and job overviews, job details, status, configuration, exceptions and
+//! checkpoints, TaskManagers, cancel, savepoints, stop-with-savepoint and submission (a spec as JSON or YAML),
+//! plus our own `/cluster`. Caveat: per-subtask state and throughput live only on the leader's JobMasters and are
+//! not served yet; vertices report the job's status.
+
+mod error;
+mod flink;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub use error::RestError;
+
+use crate::cluster::Consistency;
+use crate::dispatcher::Dispatcher;
+
+/// The largest request body accepted (a 1 MiB job spec plus some room).
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+type Reply = Result<Response, RestError>;
+
+/// The REST API's routes, under `/` and `/v1/`.
+pub fn router(dispatcher: Dispatcher) -> Router {
+    let routes = Router::new()
+        .route("/config", get(config))
+        .route("/overview", get(overview))
+        .route("/jobs", get(jobs).post(submit))
+        .route("/jobs/overview", get(jobs_overview))
+        .route("/jobs/{job_id}", get(job).patch(cancel))
+        .route("/jobs/{job_id}/status", get(job_status))
+        .route("/jobs/{job_id}/config", get(job_config))
+        .route("/jobs/{job_id}/exceptions", get(job_exceptions))
+        .route("/jobs/{job_id}/checkpoints", get(job_checkpoints))
+        .route("/jobs/{job_id}/checkpoints/config", get(job_checkpoint_config))
+        .route("/jobs/{job_id}/checkpoints/details/{checkpoint_id}", get(checkpoint_details))
+        .route("/jobs/{job_id}/savepoints", post(trigger_savepoint))
+        .route("/jobs/{job_id}/savepoints/{trigger_id}", get(savepoint_status))
+        .route("/jobs/{job_id}/stop", post(stop))
+        .route("/taskmanagers", get(task_managers))
+        .route("/taskmanagers/{tm_id}", get(task_manager))
+        .route("/cluster", get(cluster))
+        .with_state(Arc::new(dispatcher));
+    Router::new()
+        .nest("/v1", routes.clone())
+        .merge(routes)
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// Serves the REST API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    dispatcher: Dispatcher,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(dispatcher)).with_graceful_shutdown(shutdown).await
+}
+
+type Api = State<Arc<Dispatcher>>;
+
+async fn not_found() -> RestError {
+    RestError::NotFound("no such REST path; see /openapi.json-style docs in docs/architecture.md".into())
+}
+
+fn ok(value: Value) -> Reply {
+    Ok(Json(value).into_response())
+}
+
+fn accepted(value: Value) -> Reply {
+    Ok((StatusCode::ACCEPTED, Json(value)).into_response())
+}
+
+async fn config(State(d): Api) -> Reply {
+    ok(flink::config(d.node()))
+}
+
+async fn overview(State(d): Api) -> Reply {
+    let (jobs, _) = d.list(Consistency::Linearizable, |j| j.status).await?;
+    let (tms, _) = d.task_managers(Consistency::Linearizable).await?;
+    ok(flink::overview(&jobs, &tms))
+}
+
+async fn jobs(State(d): Api) -> Reply {
+    let (jobs, _) =
+        d.list(Consistency::Linearizable, |j| json!({"id": j.id, "status": j.status.as_flink_str()})).await?;
+    ok(json!({ "jobs": jobs }))
+}
+
+async fn jobs_overview(State(d): Api) -> Reply {
+    let now = d.node().clock().now_ms();
+    let (jobs, _) = d.list(Consistency::Linearizable, |j| flink::job_overview(j, now)).await?;
+    ok(json!({ "jobs": jobs }))
+}
+
+async fn job(State(d): Api, Path(job_id): Path<String>) -> Reply {
+    let (job, _) = d.get(&job_id, Consistency::Linearizable).await?;
+    ok(flink::job_details(&job, d.node().clock().now_ms()))
+}
+
+async fn job_status(State(d): Api, Path(job_id): Path<String>) -> Reply {
+    let (job, _) = d.get(&job_id, Consistency::Linearizable).await?;
+    ok(json!({ "status": job.status.as_flink_str() }))
+}
+
+async fn job_config(State(d): Api, Path(job_id): Path<String>) -> Reply {
+    let (job, _) = d.get(&job_id, Consistency::Linearizable).await?;
+    ok(flink::job_config(&job))
+}
+
+async fn job_exceptions(State(d): Api, Path(job_id): Path<String>) -> Reply {
+    let (job, _) = d.get(&job_id, Consistency::Linearizable).await?;
+    ok(flink::job_exceptions(&job))
+}
+
+async fn job_checkpoints(State(d): Api, Path(job_id): Path<String>) -> Reply {
+    let (job, _) = d.get(&job_id, Consistency::Linearizable).await?;
+    ok(flink::job_checkpoints(&job))
+}
+
+async fn job_checkpoint_config(State(d): Api, Path(job_id): Path<String>) -> Reply {
+    let (job, _) = d.get(&job_id, Consistency::Linearizable).await?;
+    ok(flink::checkpoint_config(&job))
+}
+
+async fn checkpoint_details(State(d): Api, Path((job_id, checkpoint_id)): Path<(String, String)>) -> Reply {
+    let id: u64 = checkpoint_id
+        .parse()
+        .map_err(|_| RestError::BadRequest(format!("checkpoint id {checkpoint_id:?} is not a number")))?;
+    let (job, _) = d.get(&job_id, Consistency::Linearizable).await?;
+    match flink::checkpoint_details(&job, id) {
+        Some(details) => ok(details),
+        None => Err(RestError::NotFound(format!(
+            "job {job_id} retains no checkpoint {id} (retained: {:?})",
+            job.checkpoints.iter().map(|c| c.id).collect::<Vec<_>>()
+        ))),
+    }
+}
+
+/// `PATCH /jobs/:jobid?mode=cancel`.
+#[derive(Debug, Deserialize)]
+struct CancelQuery {
+    mode: Option<String>,
+}
+
+async fn cancel(State(d): Api, Path(job_id): Path<String>, Query(query): Query<CancelQuery>) -> Reply {
+    match query.mode.as_deref() {
+        None | Some("cancel") => {}
+        Some(other) => {
+            return Err(RestError::BadRequest(format!(
+                "mode {other:?} is not supported; use mode=cancel, or POST /jobs/{job_id}/stop to stop with a savepoint"
+            )))
+        }
+    }
+    d.cancel(&job_id).await?;
+    accepted(json!({}))
+}
+
+/// Body of `POST /jobs/:jobid/savepoints` (Flink's names).
+#[derive(Debug, Default, Deserialize)]
+struct SavepointBody {
+    #[serde(rename = "target-directory")]
+    target_directory: Option<String>,
+    #[serde(rename = "cancel-job", default)]
+    cancel_job: bool,
+    #[serde(rename = "triggerId")]
+    trigger_id: Option<String>,
+}
+
+async fn trigger_savepoint(State(d): Api, Path(job_id): Path<String>, body: Bytes) -> Reply {
+    let body: SavepointBody = parse_body(&body)?;
+    // Flink's cancel-job takes a savepoint, then cancels; stopping with a savepoint ends the same way for the user.
+    let (request_id, _) = d.trigger_savepoint(&job_id, body.target_directory, body.cancel_job, body.trigger_id).await?;
+    accepted(json!({ "request-id": request_id }))
+}
+
+/// Body of `POST /jobs/:jobid/stop` (Flink's names).
+#[derive(Debug, Default, Deserialize)]
+struct StopBody {
+    #[serde(rename = "targetDirectory")]
+    target_directory: Option<String>,
+    #[serde(default)]
+    drain: bool,
+    #[serde(rename = "triggerId")]
+    trigger_id: Option<String>,
+}
+
+async fn stop(State(d): Api, Path(job_id): Path<String>, body: Bytes) -> Reply {
+    let body: StopBody = parse_body(&body)?;
+    if body.drain {
+        return Err(RestError::BadRequest(
+            "drain is not supported: sources are not drained to the end of their input; stop without drain".into(),
+        ));
+    }
+    let (request_id, _) = d.trigger_savepoint(&job_id, body.target_directory, true, body.trigger_id).await?;
+    accepted(json!({ "request-id": request_id }))
+}
+
+async fn savepoint_status(State(d): Api, Path((job_id, trigger_id)): Path<(String, String)>) -> Reply {
+    let (request, _) = d.get_savepoint(&job_id, &trigger_id, Consistency::Linearizable).await?;
+    ok(flink::savepoint_status(&request))
+}
+
+async fn submit(State(d): Api, body: Bytes) -> Reply {
+    // Retries of the same body are not recognised here (REST has no idempotency key yet): each POST is a new job.
+    let key = crate::dispatcher::new_job_id();
+    let submitted = d.submit(&body, &key).await?;
+    accepted(json!({ "jobid": submitted.job_id }))
+}
+
+async fn task_managers(State(d): Api) -> Reply {
+    let (tms, _) = d.task_managers(Consistency::Linearizable).await?;
+    let now = d.node().clock().now_ms();
+    ok(json!({ "taskmanagers": tms.iter().map(|(tm, free)| flink::task_manager(tm, *free, now)).collect::<Vec<_>>() }))
+}
+
+async fn task_manager(State(d): Api, Path(tm_id): Path<String>) -> Reply {
+    let (tms, _) = d.task_managers(Consistency::Linearizable).await?;
+    let now = d.node().clock().now_ms();
+    match tms.iter().find(|(tm, _)| tm.id == tm_id) {
+        Some((tm, free)) => ok(flink::task_manager(tm, *free, now)),
+        None => Err(RestError::NotFound(format!("TaskManager {tm_id} is not registered"))),
+    }
+}
+
+async fn cluster(State(d): Api) -> Reply {
+    let node = d.node();
+    let statuses = node.cluster_status().await;
+    ok(flink::cluster(node, &statuses))
+}
+
+/// Parses an optional JSON body: empty means all defaults.
+fn parse_body<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RestError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| RestError::BadRequest(format!("invalid JSON body: {e}")))
+}

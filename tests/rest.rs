@@ -1,0 +1,129 @@
+//! The REST API (Flink's paths and field names) on real replicas: any replica serves it, writes are forwarded,
+//! errors come in Flink's `{"errors": [...]}` shape with a status a client can act on.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{http, TestCluster};
+use serde_json::Value;
+
+const JOB: &str = r#"
+name: rest-counts
+vertices:
+  - id: source
+    operators: [{sequence: {rate: 100}}, {map: {fields: {key: "seq % 3"}}}]
+  - id: count
+    operators: [{key_by: {field: key}}, {count: {}}, {blackhole: {}}]
+edges: [{from: source, to: count}]
+checkpoints: {interval: 500ms}
+"#;
+
+async fn wait_for(addr: &str, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http(addr, "GET", path, None).await;
+        if status == 200 && done(&body) {
+            return body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{path}: not {what} within 30 s: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flink_rest_paths_work_on_every_replica() {
+    let mut cluster = TestCluster::start_with_rest(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    cluster.spawn_tm(1, 2);
+    let follower = cluster.follower_of(leader);
+    let other = *cluster.live().iter().find(|id| **id != leader && **id != follower).unwrap();
+    let rest = |id: u64| cluster.replicas.iter().find(|r| r.id == id).unwrap().http_addr.clone().unwrap();
+    let (via_follower, via_other) = (rest(follower), rest(other));
+
+    // Submit through a follower; read through another replica at once.
+    let (status, body) = http(&via_follower, "POST", "/jobs", Some(JOB)).await;
+    assert_eq!(status, 202, "{body}");
+    let job_id = body["jobid"].as_str().unwrap().to_string();
+    let (status, jobs) = http(&via_other, "GET", "/jobs", None).await;
+    assert_eq!(status, 200);
+    assert!(jobs["jobs"].as_array().unwrap().iter().any(|j| j["id"] == job_id.as_str()), "{jobs}");
+
+    let details = wait_for(&via_other, &format!("/jobs/{job_id}"), "running", |j| j["state"] == "RUNNING").await;
+    assert_eq!(details["name"], "rest-counts");
+    assert_eq!(details["vertices"].as_array().unwrap().len(), 2);
+    assert!(details["timestamps"]["RUNNING"].as_u64().unwrap() >= details["timestamps"]["CREATED"].as_u64().unwrap());
+    let overview = wait_for(&via_other, "/v1/jobs/overview", "listed", |o| o["jobs"].as_array().is_some()).await;
+    assert_eq!(overview["jobs"][0]["state"], "RUNNING");
+    assert_eq!(overview["jobs"][0]["tasks"]["total"], 2);
+    let checkpoints = wait_for(&via_other, &format!("/jobs/{job_id}/checkpoints"), "checkpointing", |c| {
+        c["counts"]["completed"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    let latest = checkpoints["latest"]["completed"]["id"].as_u64().unwrap();
+    let (status, detail) = http(&via_other, "GET", &format!("/jobs/{job_id}/checkpoints/details/{latest}"), None).await;
+    assert_eq!((status, detail["status"].as_str()), (200, Some("COMPLETED")), "{detail}");
+    let (_, config) = http(&via_other, "GET", &format!("/jobs/{job_id}/checkpoints/config"), None).await;
+    assert_eq!((config["mode"].as_str(), config["interval"].as_i64()), (Some("exactly_once"), Some(500)));
+    let (_, status_only) = http(&via_other, "GET", &format!("/jobs/{job_id}/status"), None).await;
+    assert_eq!(status_only["status"], "RUNNING");
+
+    let (_, overview) = http(&via_follower, "GET", "/overview", None).await;
+    assert_eq!((overview["taskmanagers"].as_u64(), overview["jobs-running"].as_u64()), (Some(1), Some(1)));
+    assert_eq!((overview["slots-total"].as_u64(), overview["slots-available"].as_u64()), (Some(2), Some(1)));
+    let (_, tms) = http(&via_follower, "GET", "/taskmanagers", None).await;
+    assert_eq!(tms["taskmanagers"][0]["slotsNumber"], 2);
+    let (_, cluster_view) = http(&via_follower, "GET", "/cluster", None).await;
+    assert_eq!(cluster_view["leader"], leader);
+    assert_eq!(cluster_view["replicas"].as_array().unwrap().len(), 3);
+
+    // A savepoint, then stop-with-savepoint, through Flink's asynchronous operations.
+    let target = cluster.dir.path().join("savepoints");
+    let body = format!(r#"{{"target-directory": "{}", "cancel-job": false}}"#, target.display());
+    let (status, trigger) = http(&via_follower, "POST", &format!("/jobs/{job_id}/savepoints"), Some(&body)).await;
+    assert_eq!(status, 202, "{trigger}");
+    let trigger_id = trigger["request-id"].as_str().unwrap().to_string();
+    let path = format!("/jobs/{job_id}/savepoints/{trigger_id}");
+    let done = wait_for(&via_other, &path, "completed", |s| s["status"]["id"] == "COMPLETED").await;
+    let location = done["operation"]["location"].as_str().unwrap();
+    assert!(std::path::Path::new(location).join("_metadata").exists(), "{done}");
+
+    let (status, stop) = http(&via_other, "POST", &format!("/jobs/{job_id}/stop"), Some("{}")).await;
+    assert_eq!(status, 202, "{stop}");
+    wait_for(&via_follower, &format!("/jobs/{job_id}"), "finished", |j| j["state"] == "FINISHED").await;
+
+    // Errors: Flink's shape, and a status that says what to do.
+    let (status, error) = http(&via_follower, "PATCH", &format!("/jobs/{job_id}?mode=cancel"), None).await;
+    assert_eq!(status, 409, "{error}");
+    assert!(error["errors"][0].as_str().unwrap().contains("FINISHED"), "{error}");
+    let (status, error) = http(&via_follower, "GET", "/jobs/0123456789abcdef0123456789abcdef", None).await;
+    assert_eq!(status, 404, "{error}");
+    let (status, error) = http(&via_follower, "GET", "/jobs/not-a-job", None).await;
+    assert_eq!(status, 400, "{error}");
+    assert!(error["errors"][0].as_str().unwrap().contains("32 lowercase hex"), "{error}");
+    let (status, error) = http(&via_follower, "POST", "/jobs", Some("name: x\nvertices: []\n")).await;
+    assert_eq!(status, 400, "{error}");
+    assert!(error["errors"][0].as_str().unwrap().contains("vertices"), "{error}");
+    let (status, error) = http(&via_follower, "GET", "/no/such/path", None).await;
+    assert_eq!(status, 404);
+    assert!(error["errors"].is_array(), "{error}");
+    let (status, _) = http(&via_follower, "GET", "/v1/config", None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_through_rest_stops_a_running_job() {
+    let mut cluster = TestCluster::start_with_rest(3, &[]);
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    cluster.spawn_tm(1, 2);
+    let addr = cluster.replicas[0].http_addr.clone().unwrap();
+    let (_, body) = http(&addr, "POST", "/jobs", Some(JOB)).await;
+    let job_id = body["jobid"].as_str().unwrap().to_string();
+    wait_for(&addr, &format!("/jobs/{job_id}"), "running", |j| j["state"] == "RUNNING").await;
+    let (status, _) = http(&addr, "PATCH", &format!("/jobs/{job_id}?mode=cancel"), None).await;
+    assert_eq!(status, 202);
+    let ended = wait_for(&addr, &format!("/jobs/{job_id}"), "cancelled", |j| j["state"] == "CANCELED").await;
+    assert!(ended["end-time"].as_i64().unwrap() >= ended["start-time"].as_i64().unwrap());
+    let (_, exceptions) = http(&addr, "GET", &format!("/jobs/{job_id}/exceptions"), None).await;
+    assert!(exceptions["exceptionHistory"]["entries"].is_array(), "{exceptions}");
+}
