@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http, TestCluster};
+use common::{http, http_text, TestCluster};
 use serde_json::Value;
 
 const JOB: &str = r#"
@@ -76,6 +76,45 @@ async fn flink_rest_paths_work_on_every_replica() {
     let (_, cluster_view) = http(&via_follower, "GET", "/cluster", None).await;
     assert_eq!(cluster_view["leader"], leader);
     assert_eq!(cluster_view["replicas"].as_array().unwrap().len(), 3);
+
+    // Prometheus metrics on every replica, read with a real text-format parser.
+    let mut leaders = 0.0;
+    for id in cluster.live() {
+        // A follower may apply the latest entries a moment after the leader: wait until it shows the running job.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let text = loop {
+            let (status, text) = http_text(&rest(id), "GET", "/metrics", None).await;
+            assert_eq!(status, 200);
+            let caught_up = text.contains("jm_jobs{replica=\"")
+                && text
+                    .lines()
+                    .any(|l| l.starts_with("jm_jobs{") && l.contains("status=\"RUNNING\"") && l.ends_with(" 1"));
+            if caught_up || tokio::time::Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        let value = |name: &str, label: Option<(&str, &str)>| {
+            let sample = scrape
+                .samples
+                .iter()
+                .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)));
+            match sample.map(|s| &s.value) {
+                Some(prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Counter(v)) => *v,
+                other => panic!("{name}: {other:?} in\n{text}"),
+            }
+        };
+        leaders += value("jm_raft_is_leader", None);
+        assert_eq!(value("jm_jobs", Some(("status", "RUNNING"))), 1.0, "{text}");
+        assert_eq!(value("jm_taskmanagers", None), 1.0);
+        assert_eq!((value("jm_slots_total", None), value("jm_slots_free", None)), (2.0, 1.0));
+        assert!(value("jm_raft_applied_index", None) > 0.0);
+        assert!(value("jm_checkpoints_triggered_total", None) >= 1.0);
+        let documented = scrape.docs.contains_key("jm_raft_term") && scrape.docs.contains_key("jm_jobs");
+        assert!(documented, "every family has a HELP line");
+    }
+    assert_eq!(leaders, 1.0, "exactly one replica reports itself leader");
 
     // A savepoint, then stop-with-savepoint, through Flink's asynchronous operations.
     let target = cluster.dir.path().join("savepoints");

@@ -292,6 +292,14 @@ impl Drop for TestCluster {
 
 /// A minimal HTTP/1.1 exchange with `addr`: returns the status code and the body parsed as JSON (Null if empty).
 pub async fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let (status, payload) = http_text(addr, method, path, body).await;
+    let json =
+        if payload.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(&payload).unwrap() };
+    (status, json)
+}
+
+/// A minimal HTTP/1.1 exchange with `addr`: returns the status code and the body as text.
+pub async fn http_text(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let body = body.unwrap_or("");
@@ -307,9 +315,7 @@ pub async fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (
     let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
     let payload = if chunked { dechunk(rest) } else { rest.to_string() };
-    let json =
-        if payload.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(&payload).unwrap() };
-    (status, json)
+    (status, payload)
 }
 
 fn dechunk(mut rest: &str) -> String {

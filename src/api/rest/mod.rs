@@ -8,6 +8,8 @@
 //! Reads are linearizable: a client reading after its write through another replica sees it. During an election a
 //! request waits (bounded by the write timeout) for the new leader instead of failing.
 //!
+//! `GET /metrics` serves Prometheus' text exposition ([`metrics`]).
+//!
 //! What exists here so far: cluster and job overviews, job details, status, configuration, exceptions and
 //! checkpoints, TaskManagers, cancel, savepoints, stop-with-savepoint and submission (a spec as JSON or YAML),
 //! plus our own `/cluster`. Caveat: per-subtask state and throughput live only on the leader's JobMasters and are
@@ -15,6 +17,7 @@
 
 mod error;
 mod flink;
+pub mod metrics;
 
 use std::sync::Arc;
 
@@ -57,10 +60,12 @@ pub fn router(dispatcher: Dispatcher) -> Router {
         .route("/taskmanagers", get(task_managers))
         .route("/taskmanagers/{tm_id}", get(task_manager))
         .route("/cluster", get(cluster))
-        .with_state(Arc::new(dispatcher));
+        .with_state(Arc::new(dispatcher.clone()));
+    let metrics = Router::new().route("/metrics", get(prometheus)).with_state(Arc::new(dispatcher));
     Router::new()
         .nest("/v1", routes.clone())
         .merge(routes)
+        .merge(metrics)
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
@@ -238,6 +243,11 @@ async fn task_manager(State(d): Api, Path(tm_id): Path<String>) -> Reply {
         Some((tm, free)) => ok(flink::task_manager(tm, *free, now)),
         None => Err(RestError::NotFound(format!("TaskManager {tm_id} is not registered"))),
     }
+}
+
+async fn prometheus(State(d): Api) -> Response {
+    let body = metrics::render(d.node());
+    ([(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
 }
 
 async fn cluster(State(d): Api) -> Reply {
