@@ -58,6 +58,17 @@ async fn job_and_cluster_commands_work_against_any_replica() {
 
     let out = run(&["job", "cancel", &job_id], &addrs);
     assert!(stdout(&out).contains("CANCELED"), "{}", stdout(&out));
+    let out = run(&["job", "wait", &job_id, "--state", "CANCELED", "--timeout", "10"], &addrs);
+    assert!(out.status.success() && stdout(&out).contains("is CANCELED"), "{}{}", stdout(&out), stderr(&out));
+    let out = run(&["job", "wait", &job_id, "--state", "RUNNING", "--timeout", "10"], &addrs);
+    assert_one_line_error(&out, "ended CANCELED instead of reaching RUNNING");
+
+    let out = run(&["cluster", "members", "-o", "json"], &addrs);
+    let members: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(members["leader"], leader);
+    assert_eq!(members["members"].as_array().unwrap().len(), 3);
+    let out = run(&["completions", "bash"], &addrs);
+    assert!(out.status.success() && stdout(&out).contains("complete -F"), "{}", stderr(&out));
 
     let out = run(&["cluster", "status", "-o", "json"], &addrs);
     let status: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
@@ -190,4 +201,24 @@ async fn jm_local_runs_a_cluster_reports_a_dead_replica_and_stops_cleanly() {
     for pid in all_pids {
         assert!(!alive(pid), "pid {pid} outlived jm local");
     }
+}
+
+#[test]
+fn logs_are_json_objects_with_log_format_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(jm())
+        .args(["--log-format", "json", "taskmanager", "--cluster", "127.0.0.1:1", "--data-dir"])
+        .arg(dir.path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stderr).into_owned();
+    let first = text.lines().next().unwrap_or_default();
+    let line: serde_json::Value = serde_json::from_str(first).unwrap_or_else(|e| panic!("{e}: {first:?}"));
+    assert_eq!(line["fields"]["message"], "starting TaskManager", "{line}");
+    assert!(line["fields"]["tm_id"].as_str().unwrap().starts_with("tm-"), "{line}");
 }

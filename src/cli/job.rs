@@ -65,6 +65,20 @@ pub enum JobCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Wait until a job reaches a status, showing its progress; fails if it ends in another status first.
+    #[command(after_help = "Example:\n  jm job wait 6f1c... --state RUNNING --timeout 60")]
+    Wait {
+        /// The job id.
+        id: String,
+        /// The status to wait for (Flink's names: RUNNING, FINISHED, CANCELED, ...).
+        #[arg(long, default_value = "RUNNING")]
+        state: String,
+        /// How long to wait, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Stop a job with a savepoint (it ends FINISHED) and print the savepoint's path, to restore from later.
     #[command(after_help = "Example:\n  jm job stop 6f1c... && jm job submit job-with-savepoint-path.yaml")]
     Stop {
@@ -164,6 +178,7 @@ pub async fn run(cmd: JobCommand) -> Result<()> {
         JobCommand::Savepoint { id, dir, no_wait, timeout, client } => {
             savepoint(id, dir, false, !no_wait, timeout, client).await?;
         }
+        JobCommand::Wait { id, state, timeout, client } => wait(id, state, timeout, client).await?,
         JobCommand::Stop { id, dir, timeout, client } => {
             savepoint(id, dir, true, true, timeout, client).await?;
         }
@@ -241,6 +256,64 @@ async fn savepoint(
             }
             _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
         }
+    }
+}
+
+/// Polls a job until it reaches `state`, printing each status change on one progress line (stderr).
+async fn wait(id: String, state: String, timeout: u64, client: ClientArgs) -> Result<()> {
+    let wanted = state.to_ascii_uppercase();
+    if crate::raft::JobStatus::from_flink_str(&wanted).is_none() {
+        anyhow::bail!(
+            "unknown status {state:?}; use one of Flink's: CREATED, RUNNING, FINISHED, CANCELED, FAILED, ..."
+        );
+    }
+    let cluster = client.client();
+    let started = tokio::time::Instant::now();
+    let mut last = String::new();
+    // The progress line is for a person at a terminal; a script gets only the outcome.
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let end_line = || {
+        if progress {
+            eprintln!();
+        }
+    };
+    loop {
+        let request = pb::GetJobRequest { job_id: id.clone(), consistency: 0 };
+        let job = cluster
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.get_job(request).await }
+            })
+            .await?
+            .job
+            .unwrap_or_default();
+        let elapsed = started.elapsed().as_secs_f64();
+        if progress && job.status != last {
+            eprint!(
+                "\r{:>6.1}s  {}  attempt {}  checkpoints {}    ",
+                elapsed, job.status, job.attempt, job.last_checkpoint_id
+            );
+        }
+        last = job.status.clone();
+        if job.status == wanted {
+            end_line();
+            match client.output {
+                Format::Json => print_json(&json!({"job_id": id, "status": job.status, "waited_s": elapsed})),
+                Format::Table => println!("Job {id} is {} after {elapsed:.1} s.", job.status),
+            }
+            return Ok(());
+        }
+        let terminal = crate::raft::JobStatus::from_flink_str(&job.status).is_some_and(|s| s.is_terminal());
+        if terminal {
+            end_line();
+            let why = if job.error.is_empty() { String::new() } else { format!(": {}", job.error) };
+            anyhow::bail!("job {id} ended {} instead of reaching {wanted}{why}", job.status);
+        }
+        if elapsed >= timeout as f64 {
+            end_line();
+            anyhow::bail!("job {id} is still {} after {timeout} s (waiting for {wanted})", job.status);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

@@ -31,9 +31,25 @@ pub const DEFAULT_CLUSTER: &str = "127.0.0.1:6123,127.0.0.1:6124,127.0.0.1:6125"
 #[derive(Debug, Parser)]
 #[command(name = "jm", version, about, propagate_version = true)]
 pub struct Cli {
+    /// Log lines as human-readable text or as JSON objects (one per line, with span fields such as node_id and
+    /// job_id), for a log pipeline.
+    #[arg(long, env = "JM_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The log format chosen on the command line, read by [`init_logging`].
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -55,6 +71,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Measure what a leader failover costs running jobs, checkpoint throughput and memory per job.
     BenchJobs(bench_jobs::BenchJobsArgs),
+    /// Print a shell completion script, e.g. `jm completions bash > /etc/bash_completion.d/jm`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Options shared by the client commands.
@@ -78,6 +99,7 @@ impl ClientArgs {
 /// Parses the command line, runs the command, and turns its outcome into an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = LOG_FORMAT.set(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
@@ -92,6 +114,11 @@ pub fn main() -> ExitCode {
             Command::Taskmanagers(client) => job::list_task_managers(client).await,
             Command::Bench(args) => bench::run(args).await,
             Command::BenchJobs(args) => bench_jobs::run(args).await,
+            Command::Completions { shell } => {
+                let mut command = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut command, "jm", &mut std::io::stdout());
+                Ok(())
+            }
         }
     });
     match result {
@@ -110,10 +137,13 @@ fn fail(message: &str) -> ExitCode {
 pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    match LOG_FORMAT.get().copied().unwrap_or(LogFormat::Text) {
+        LogFormat::Json => {
+            let _ = builder.json().with_current_span(true).with_span_list(true).try_init();
+        }
+        LogFormat::Text => {
+            let _ = builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init();
+        }
+    }
 }

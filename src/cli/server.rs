@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::api::grpc::taskmanager::GrpcTaskExecutorGateway;
 use crate::api::grpc::{self, GrpcTransport};
@@ -240,6 +241,11 @@ fn absolute(path: PathBuf) -> Result<PathBuf> {
 pub async fn run(args: ServerArgs) -> Result<()> {
     super::init_logging("info,openraft=warn");
     let resolved = resolve(args)?;
+    let span = tracing::info_span!("replica", node_id = resolved.node.id);
+    run_replica(resolved).instrument(span).await
+}
+
+async fn run_replica(resolved: Resolved) -> Result<()> {
     let config = resolved.node;
     let leader_config = resolved.leader;
     tracing::info!(id = config.id, data_dir = %config.data_dir.display(), raft = %resolved.raft_listen,

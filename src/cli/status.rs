@@ -1,4 +1,4 @@
-//! `jm cluster status`.
+//! `jm cluster status|members|compact`.
 
 use anyhow::Result;
 use serde_json::json;
@@ -15,6 +15,12 @@ pub enum ClusterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The replicas: id, addresses, and who leads.
+    #[command(after_help = "Example:\n  jm cluster members --cluster 10.0.0.1:6123")]
+    Members {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Snapshot one replica's state now and compact its log (the replica the first --cluster address
     /// reaches).
     Compact {
@@ -28,7 +34,36 @@ pub async fn run(cmd: ClusterCommand) -> Result<()> {
     match cmd {
         ClusterCommand::Status { client } => status(client).await,
         ClusterCommand::Compact { client } => compact(client).await,
+        ClusterCommand::Members { client } => members(client).await,
     }
+}
+
+async fn members(client: ClientArgs) -> Result<()> {
+    let reply =
+        client.client().call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await }).await?;
+    match client.output {
+        Format::Json => print_json(&json!({
+            "leader": reply.leader,
+            "term": reply.term,
+            "members": reply.replicas.iter().map(|r| json!({
+                "id": r.node_id, "raft_addr": r.raft_addr, "api_addr": r.api_addr, "reachable": r.reachable,
+                "leader": Some(r.node_id) == reply.leader,
+            })).collect::<Vec<_>>(),
+        })),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = reply
+                .replicas
+                .iter()
+                .map(|r| {
+                    let role = if Some(r.node_id) == reply.leader { "leader" } else { "" };
+                    let reach = if r.reachable { "yes" } else { "no" };
+                    vec![r.node_id.to_string(), r.api_addr.clone(), r.raft_addr.clone(), reach.into(), role.into()]
+                })
+                .collect();
+            println!("{}", table(&["ID", "API", "RAFT", "REACHABLE", "ROLE"], &rows));
+        }
+    }
+    Ok(())
 }
 
 async fn compact(client: ClientArgs) -> Result<()> {

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::cluster::ReplicaNode;
 use crate::job_master::{
@@ -114,7 +115,8 @@ impl LeaderServices {
             config: self.config.job_master.clone(),
         });
         self.set_active(Some(active.clone()));
-        tokio::spawn(lead(active, ctx))
+        let span = tracing::info_span!("leader", node_id = self.node.id, term);
+        tokio::spawn(lead(active, ctx).instrument(span))
     }
 
     /// Stops everything of the previous term at once.
@@ -209,7 +211,8 @@ async fn lead(active: Arc<ActiveTerm>, ctx: Arc<JobMasterContext>) {
             let (tx, rx) = tokio::sync::mpsc::channel(INBOX_CAPACITY);
             if active.registry.insert(&job_id, tx) {
                 tracing::debug!(%job_id, term = active.term, "starting JobMaster");
-                tasks.spawn(run_job_master(ctx.clone(), job_id, rx));
+                let span = tracing::info_span!("job_master", %job_id);
+                tasks.spawn(run_job_master(ctx.clone(), job_id, rx).instrument(span));
             }
         }
     }
