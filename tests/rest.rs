@@ -148,6 +148,21 @@ async fn flink_rest_paths_work_on_every_replica() {
     assert!(error["errors"].is_array(), "{error}");
     let (status, _) = http(&via_follower, "GET", "/v1/config", None).await;
     assert_eq!(status, 200);
+
+    // Settings, Flink-style metrics, and an OpenAPI description that lists every path served here.
+    let (_, settings) = http(&via_follower, "GET", "/jobmanager/config", None).await;
+    let keys: Vec<&str> = settings.as_array().unwrap().iter().filter_map(|kv| kv["key"].as_str()).collect();
+    assert!(keys.contains(&"state.checkpoints.dir") && keys.contains(&"raft.heartbeat-ms"), "{settings}");
+    let (_, ids) = http(&via_follower, "GET", "/jobmanager/metrics", None).await;
+    let term_id =
+        ids.as_array().unwrap().iter().filter_map(|m| m["id"].as_str()).find(|id| id.starts_with("jm_raft_term"));
+    let term_id = term_id.expect("jm_raft_term listed").to_string();
+    let (_, values) = http(&via_follower, "GET", &format!("/jobmanager/metrics?get={term_id}"), None).await;
+    assert!(values[0]["value"].as_str().unwrap().parse::<f64>().unwrap() >= 1.0, "{values}");
+    let (_, openapi) = http(&via_follower, "GET", "/openapi.json", None).await;
+    for path in ["/overview", "/jobs/{jobid}", "/jobs/{jobid}/savepoints/{triggerid}", "/cluster", "/metrics"] {
+        assert!(openapi["paths"].get(path).is_some(), "{path} missing from /openapi.json");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -260,8 +260,9 @@ async fn run_replica(resolved: Resolved) -> Result<()> {
         let listener = grpc::bind(http).await.map_err(|e| anyhow!(e))?;
         tracing::info!(http = %http, "serving the REST API");
         let dispatcher = Dispatcher::new(node.clone());
+        let settings = Arc::new(settings_list(node.config(), &leader_config, http));
         tokio::spawn(async move {
-            if let Err(e) = rest::serve(dispatcher, listener, shutdown_signal()).await {
+            if let Err(e) = rest::serve(dispatcher, settings, listener, shutdown_signal()).await {
                 tracing::error!(error = %e, "REST API failed");
             }
         });
@@ -278,6 +279,29 @@ async fn run_replica(resolved: Resolved) -> Result<()> {
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
+/// The replica's effective settings, for `GET /jobmanager/config`.
+fn settings_list(node: &NodeConfig, leader: &LeaderConfig, http: &str) -> Vec<(String, String)> {
+    let peers: Vec<String> = node.peers.iter().map(|(id, n)| format!("{id}={}/{}", n.raft_addr, n.api_addr)).collect();
+    let ms = |d: Duration| d.as_millis().to_string();
+    vec![
+        ("jobmanager.node-id".into(), node.id.to_string()),
+        ("jobmanager.peers".into(), peers.join(",")),
+        ("jobmanager.data-dir".into(), node.data_dir.display().to_string()),
+        ("rest.address".into(), http.to_string()),
+        ("raft.heartbeat-ms".into(), ms(node.timing.heartbeat)),
+        ("raft.election-min-ms".into(), ms(node.timing.election_min)),
+        ("raft.election-max-ms".into(), ms(node.timing.election_max)),
+        ("raft.leader-lease-ms".into(), ms(node.timing.leader_lease)),
+        ("raft.write-timeout-ms".into(), ms(node.timing.write_timeout)),
+        ("raft.snapshot-every".into(), node.compaction.snapshot_every.to_string()),
+        ("state.checkpoints.dir".into(), leader.job_master.checkpoint_dir.display().to_string()),
+        ("state.savepoints.dir".into(), leader.job_master.savepoint_dir.display().to_string()),
+        ("heartbeat.timeout".into(), ms(leader.rm.heartbeat_timeout)),
+        ("slot.request.timeout".into(), ms(leader.job_master.slot_request_timeout)),
+        ("cluster.placement".into(), leader.rm.placement.to_string()),
+    ]
+}
+
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

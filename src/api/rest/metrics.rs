@@ -132,3 +132,31 @@ fn render_cluster(node: &ReplicaNode, out: &mut String, replica: &str) {
     let free = slots.saturating_sub(leased as u64) as f64;
     gauge(out, "jm_slots_free", "Slots not leased to any job.", replica, free);
 }
+
+/// The samples of a rendered exposition as `(id, value)`, for Flink's metric listing. Flink's ids have no labels:
+/// the replica label is dropped (the listing is this replica's) and other label values are appended with dots,
+/// e.g. `jm_jobs{replica="1",status="RUNNING"}` becomes `jm_jobs.RUNNING`.
+pub fn samples(exposition: &str) -> Vec<(String, f64)> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((flink_id(series), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn flink_id(series: &str) -> String {
+    let Some((name, labels)) = series.split_once('{') else { return series.to_string() };
+    let mut id = name.to_string();
+    for label in labels.trim_end_matches('}').split(',') {
+        if let Some((key, value)) = label.split_once('=') {
+            if key != "replica" {
+                id.push('.');
+                id.push_str(value.trim_matches('"'));
+            }
+        }
+    }
+    id
+}

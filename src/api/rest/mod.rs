@@ -40,8 +40,11 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 type Reply = Result<Response, RestError>;
 
+/// The replica's settings as `(key, value)` pairs, for `GET /jobmanager/config`.
+pub type Settings = Arc<Vec<(String, String)>>;
+
 /// The REST API's routes, under `/` and `/v1/`.
-pub fn router(dispatcher: Dispatcher) -> Router {
+pub fn router(dispatcher: Dispatcher, settings: Settings) -> Router {
     let routes = Router::new()
         .route("/config", get(config))
         .route("/overview", get(overview))
@@ -60,6 +63,10 @@ pub fn router(dispatcher: Dispatcher) -> Router {
         .route("/taskmanagers", get(task_managers))
         .route("/taskmanagers/{tm_id}", get(task_manager))
         .route("/cluster", get(cluster))
+        .route("/jobmanager/config", get(jobmanager_config))
+        .route("/jobmanager/metrics", get(jobmanager_metrics))
+        .route("/openapi.json", get(openapi))
+        .layer(axum::Extension(settings))
         .with_state(Arc::new(dispatcher.clone()));
     let metrics = Router::new().route("/metrics", get(prometheus)).with_state(Arc::new(dispatcher));
     Router::new()
@@ -73,10 +80,11 @@ pub fn router(dispatcher: Dispatcher) -> Router {
 /// Serves the REST API on `listener` until `shutdown` resolves.
 pub async fn serve(
     dispatcher: Dispatcher,
+    settings: Settings,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(dispatcher)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(dispatcher, settings)).with_graceful_shutdown(shutdown).await
 }
 
 type Api = State<Arc<Dispatcher>>;
@@ -244,6 +252,39 @@ async fn task_manager(State(d): Api, Path(tm_id): Path<String>) -> Reply {
         None => Err(RestError::NotFound(format!("TaskManager {tm_id} is not registered"))),
     }
 }
+
+async fn jobmanager_config(axum::Extension(settings): axum::Extension<Settings>) -> Reply {
+    ok(json!(settings.iter().map(|(key, value)| json!({"key": key, "value": value})).collect::<Vec<_>>()))
+}
+
+/// `GET /jobmanager/metrics[?get=a,b]`: Flink's metric listing over this replica's Prometheus samples.
+#[derive(Debug, Deserialize)]
+struct MetricsQuery {
+    get: Option<String>,
+}
+
+async fn jobmanager_metrics(State(d): Api, Query(query): Query<MetricsQuery>) -> Reply {
+    let samples = metrics::samples(&metrics::render(d.node()));
+    match query.get {
+        None => ok(json!(samples.iter().map(|(id, _)| json!({"id": id})).collect::<Vec<_>>())),
+        Some(wanted) => {
+            let wanted: Vec<&str> = wanted.split(',').map(str::trim).collect();
+            let found: Vec<Value> = samples
+                .iter()
+                .filter(|(id, _)| wanted.contains(&id.as_str()))
+                .map(|(id, value)| json!({"id": id, "value": value.to_string()}))
+                .collect();
+            ok(json!(found))
+        }
+    }
+}
+
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// The OpenAPI description of this API.
+const OPENAPI: &str = include_str!("openapi.json");
 
 async fn prometheus(State(d): Api) -> Response {
     let body = metrics::render(d.node());
