@@ -336,7 +336,7 @@ fn print_banner(
         None => {}
     }
     if let Some(rest) = file.replicas().find_map(|p| p.http_addr.clone()) {
-        println!("\nFlink's REST API on every replica, e.g. curl http://{rest}/jobs/overview");
+        println!("\nDashboard: http://{rest}/  (every replica serves it, and Flink's REST API: curl http://{rest}/jobs/overview)");
     }
     println!("\nTry, in another terminal:");
     println!("  {jm} cluster status{cluster}");

@@ -8,7 +8,10 @@
 //! Reads are linearizable: a client reading after its write through another replica sees it. During an election a
 //! request waits (bounded by the write timeout) for the new leader instead of failing.
 //!
-//! `GET /metrics` serves Prometheus' text exposition ([`metrics`]).
+//! `GET /metrics` serves Prometheus' text exposition ([`metrics`]); `GET /` the web dashboard, one embedded page of
+//! plain HTML and JavaScript that polls this API every 2 s (cluster, jobs, job detail with operator graph,
+//! checkpoint chart, status timeline and exceptions, TaskManagers, and submit/cancel/savepoint/stop with
+//! confirmation).
 //!
 //! What exists here so far: cluster and job overviews, job details, status, configuration, exceptions and
 //! checkpoints, TaskManagers, cancel, savepoints, stop-with-savepoint and submission (a spec as JSON or YAML),
@@ -68,7 +71,8 @@ pub fn router(dispatcher: Dispatcher, settings: Settings) -> Router {
         .route("/openapi.json", get(openapi))
         .layer(axum::Extension(settings))
         .with_state(Arc::new(dispatcher.clone()));
-    let metrics = Router::new().route("/metrics", get(prometheus)).with_state(Arc::new(dispatcher));
+    let metrics =
+        Router::new().route("/metrics", get(prometheus)).route("/", get(dashboard)).with_state(Arc::new(dispatcher));
     Router::new()
         .nest("/v1", routes.clone())
         .merge(routes)
@@ -277,6 +281,13 @@ async fn jobmanager_metrics(State(d): Api, Query(query): Query<MetricsQuery>) ->
             ok(json!(found))
         }
     }
+}
+
+/// The web dashboard: one page of plain HTML, CSS and JavaScript over this API, embedded in the binary.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+async fn dashboard() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")], DASHBOARD).into_response()
 }
 
 async fn openapi() -> Response {
