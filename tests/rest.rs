@@ -115,6 +115,14 @@ async fn flink_rest_paths_work_on_every_replica() {
         assert!(documented, "every family has a HELP line");
     }
     assert_eq!(leaders, 1.0, "exactly one replica reports itself leader");
+    // The shipped Grafana dashboard only queries metrics that exist.
+    let (_, exposition) = http_text(&via_other, "GET", "/metrics", None).await;
+    let grafana =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana/jobmanager.json")).unwrap();
+    for (start, _) in grafana.match_indices("jm_") {
+        let name: String = grafana[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        assert!(exposition.contains(&format!("# TYPE {name} ")), "the Grafana dashboard queries unknown {name}");
+    }
 
     // A savepoint, then stop-with-savepoint, through Flink's asynchronous operations.
     let target = cluster.dir.path().join("savepoints");
