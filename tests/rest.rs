@@ -189,3 +189,24 @@ async fn a_cancel_through_rest_stops_a_running_job() {
     let (_, exceptions) = http(&addr, "GET", &format!("/jobs/{job_id}/exceptions"), None).await;
     assert!(exceptions["exceptionHistory"]["entries"].is_array(), "{exceptions}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_an_election_rest_requests_wait_for_the_new_leader_instead_of_failing() {
+    let mut cluster = TestCluster::start_with_rest(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let survivor = cluster.follower_of(leader);
+    let addr = cluster.replicas.iter().find(|r| r.id == survivor).unwrap().http_addr.clone().unwrap();
+    let (status, body) = http(&addr, "POST", "/jobs", Some(JOB)).await;
+    assert_eq!(status, 202, "{body}");
+    let job_id = body["jobid"].as_str().unwrap().to_string();
+
+    cluster.kill(leader);
+    // Sent at once, while the survivors have no leader: each waits for the election, then answers.
+    let started = std::time::Instant::now();
+    let (status, job) = http(&addr, "GET", &format!("/jobs/{job_id}"), None).await;
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(job["name"], "rest-counts");
+    let (status, body) = http(&addr, "POST", "/jobs", Some(JOB)).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
