@@ -32,8 +32,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use protocol::{
-    BoxFuture, DeploymentReport, FencingToken, FromJobManager, FromTaskManager, JobManagerGateway, SubtaskReport,
-    TaskEvent, TaskExecutorHandler, ToJobManager, ToTaskManager,
+    BoxFuture, DeploymentReport, FencingToken, FromJobManager, FromTaskManager, JobManagerGateway, TaskEvent,
+    TaskExecutorHandler, ToJobManager, ToTaskManager,
 };
 use runtime::{Barrier, BarrierKind, Deployment, DeploymentSpec};
 
@@ -143,7 +143,7 @@ impl TaskManager {
                     job_id: job_id.clone(),
                     attempt: *attempt,
                     token: entry.newest,
-                    subtasks: subtask_reports(&running.deployment),
+                    subtasks: running.deployment.status(),
                 })
             })
             .collect()
@@ -456,21 +456,6 @@ fn forget_old_terminal(jobs: &mut HashMap<JobId, JobEntry>) {
         }
         entry.deployments.retain(|_, r| r.terminal_since.is_none_or(|at| now.duration_since(at) < KEEP_TERMINAL));
     }
-}
-
-fn subtask_reports(deployment: &Deployment) -> Vec<SubtaskReport> {
-    deployment
-        .status()
-        .into_iter()
-        .map(|s| SubtaskReport {
-            vertex: s.vertex,
-            subtask: s.subtask,
-            state: s.state,
-            records_in: s.records_in,
-            records_out: s.records_out,
-            busy_ms: s.busy_ms,
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use super::runtime::{TaskEvent, TaskState};
+pub use super::runtime::{SubtaskStatus, TaskEvent, TaskState};
 use crate::raft::{Epoch, JobId, TaskManagerId};
 
 /// (Raft term, job epoch) of the JobMaster issuing a command. Ordered by term, then epoch.
@@ -37,23 +37,6 @@ impl std::fmt::Display for FencingToken {
     }
 }
 
-/// The state of one subtask, as a TaskManager reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SubtaskReport {
-    /// Vertex id.
-    pub vertex: String,
-    /// Subtask index.
-    pub subtask: u32,
-    /// Its state.
-    pub state: TaskState,
-    /// Records read.
-    pub records_in: u64,
-    /// Records emitted.
-    pub records_out: u64,
-    /// Milliseconds spent processing.
-    pub busy_ms: u64,
-}
-
 /// One deployment (a job attempt's component) running on a TaskManager.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentReport {
@@ -64,7 +47,7 @@ pub struct DeploymentReport {
     /// The newest fencing token the TaskManager accepted for the job.
     pub token: FencingToken,
     /// Its subtasks.
-    pub subtasks: Vec<SubtaskReport>,
+    pub subtasks: Vec<SubtaskStatus>,
 }
 
 impl TaskEvent {

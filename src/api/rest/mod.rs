@@ -94,7 +94,7 @@ pub async fn serve(
 type Api = State<Arc<Dispatcher>>;
 
 async fn not_found() -> RestError {
-    RestError::NotFound("no such REST path; see /openapi.json-style docs in docs/architecture.md".into())
+    RestError::NotFound("no such REST path; GET /openapi.json lists them".into())
 }
 
 fn ok(value: Value) -> Reply {

@@ -225,8 +225,8 @@ pub enum TaskEvent {
     },
 }
 
-/// A subtask's state and counters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A subtask's state and counters (also what a TaskManager reports to the leader).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubtaskStatus {
     /// The vertex id.
     pub vertex: String,
