@@ -13,6 +13,7 @@
 //! * [`job_master`]: one actor per job (deploy or adopt, checkpoints, restarts, savepoints);
 //! * [`checkpoint`]: the checkpoint coordinator's bookkeeping and the checkpoint storage layout;
 //! * [`taskmanager`]: the TaskManager process, its protocol with the leader and the task runtime;
+//! * [`telemetry`]: latency and size histograms measured as things happen, for `/metrics`;
 //! * [`api`]: gRPC (client API, peer service, TaskManager service);
 //! * [`cli`]: the `jm` command line (server, taskmanager, local cluster, job and cluster commands, benchmarks).
 
@@ -27,3 +28,4 @@ pub mod leader;
 pub mod raft;
 pub mod resource_manager;
 pub mod taskmanager;
+pub mod telemetry;

@@ -210,3 +210,92 @@ async fn during_an_election_rest_requests_wait_for_the_new_leader_instead_of_fai
     assert_eq!(status, 202, "{body}");
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
+
+/// The value of the first sample of `name` whose labels include `labels`, from a Prometheus exposition parsed
+/// with a real text-format parser. Histograms are found by their `_count` (parsed into the histogram's count).
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let found = scrape.samples.iter().find(|s| {
+        let base = name.strip_suffix("_count").unwrap_or(name);
+        (s.metric == name || s.metric == base) && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v))
+    })?;
+    match &found.value {
+        prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Untyped(v) => Some(*v),
+        prometheus_parse::Value::Histogram(buckets) => buckets.last().map(|b| b.count),
+        prometheus_parse::Value::Summary(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_subtask_figures_reach_every_replica_and_survive_a_failover() {
+    const PARALLEL: &str = r#"
+name: live-figures
+parallelism: 2
+vertices:
+  - id: source
+    operators: [{sequence: {rate: 200}}, {map: {fields: {key: "seq % 5"}}}]
+  - id: count
+    operators: [{key_by: {field: key}}, {count: {}}, {blackhole: {}}]
+edges: [{from: source, to: count}]
+checkpoints: {interval: 300ms}
+"#;
+    let mut cluster = TestCluster::start_with_rest(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    cluster.spawn_tm(1, 4);
+    let rest = |c: &TestCluster, id: u64| c.replicas.iter().find(|r| r.id == id).unwrap().http_addr.clone().unwrap();
+    let follower = cluster.follower_of(leader);
+    let via_follower = rest(&cluster, follower);
+    let (status, body) = http(&via_follower, "POST", "/jobs", Some(PARALLEL)).await;
+    assert_eq!(status, 202, "{body}");
+    let job_id = body["jobid"].as_str().unwrap().to_string();
+
+    // A follower serves the leader's live view: every subtask running, on the TaskManager, with records and rates.
+    let vertex_path = format!("/jobs/{job_id}/vertices/source");
+    let running_with_rates = |v: &Value| {
+        v["subtasks"].as_array().is_some_and(|subtasks| {
+            subtasks.len() == 2
+                && subtasks.iter().all(|s| {
+                    s["status"] == "RUNNING"
+                        && s["metrics"]["write-records"].as_u64().unwrap_or(0) > 0
+                        && s["records-out-per-second"].as_f64().unwrap_or(0.0) > 0.0
+                })
+        })
+    };
+    let vertex = wait_for(&via_follower, &vertex_path, "running with rates", running_with_rates).await;
+    let tm_id = cluster.task_managers[0].tm_id().unwrap();
+    assert_eq!(vertex["status"], "RUNNING", "{vertex}");
+    assert_eq!(vertex["subtasks"][0]["taskmanager-id"], tm_id.as_str(), "{vertex}");
+    assert_eq!(vertex["subtasks"][0]["endpoint"], cluster.task_managers[0].listen.as_str(), "{vertex}");
+    let (_, details) = http(&via_follower, "GET", &format!("/jobs/{job_id}"), None).await;
+    let count_vertex = details["vertices"].as_array().unwrap().iter().find(|v| v["id"] == "count").unwrap().clone();
+    assert_eq!(count_vertex["tasks"]["RUNNING"], 2, "{details}");
+    assert!(count_vertex["metrics"]["read-records"].as_u64().unwrap() > 0, "{details}");
+    let (status, error) = http(&via_follower, "GET", &format!("/jobs/{job_id}/vertices/nope"), None).await;
+    assert_eq!(status, 404, "{error}");
+    assert!(error["errors"][0].as_str().unwrap().contains("nope"), "{error}");
+
+    // The TaskManager exports the same figures per subtask, and the leader its measured latencies.
+    let (status, tm_metrics) = http_text(&cluster.task_managers[0].http, "GET", "/metrics", None).await;
+    assert_eq!(status, 200);
+    let records = [("job_id", job_id.as_str()), ("vertex", "source"), ("subtask", "1")];
+    assert!(sample(&tm_metrics, "jm_subtask_records_out_total", &records).unwrap() > 0.0, "{tm_metrics}");
+    assert!(sample(&tm_metrics, "jm_subtask_busy_seconds_total", &records).is_some(), "{tm_metrics}");
+    assert!(sample(&tm_metrics, "jm_taskmanager_heartbeats_total", &[]).unwrap() > 0.0, "{tm_metrics}");
+    assert_eq!(sample(&tm_metrics, "jm_taskmanager_subtasks", &[("state", "RUNNING")]), Some(4.0), "{tm_metrics}");
+    let (_, leader_metrics) = http_text(&rest(&cluster, leader), "GET", "/metrics", None).await;
+    assert!(sample(&leader_metrics, "jm_raft_proposal_duration_seconds_count", &[]).unwrap() > 0.0);
+    assert!(sample(&leader_metrics, "jm_checkpoint_duration_seconds_count", &[]).unwrap() > 0.0);
+    assert!(leader_metrics.contains("jm_checkpoint_size_bytes_bucket{replica="), "{leader_metrics}");
+
+    // After the leader's SIGKILL, the new leader rebuilds the view from heartbeats; the records keep growing.
+    let before = vertex["subtasks"][0]["metrics"]["write-records"].as_u64().unwrap();
+    cluster.kill(leader);
+    let survivor = rest(&cluster, cluster.live()[0]);
+    let after = wait_for(&survivor, &vertex_path, "running after failover", |v| {
+        running_with_rates(v) && v["subtasks"][0]["metrics"]["write-records"].as_u64().unwrap_or(0) > before
+    })
+    .await;
+    assert_eq!(after["subtasks"][0]["attempt"], vertex["subtasks"][0]["attempt"], "no restart: {after}");
+}

@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::jobgraph::CheckpointSpec;
+use crate::telemetry;
 
 /// Most checkpoint records kept in [`CheckpointStats::history`]; older ones are dropped first.
 pub const MAX_HISTORY: usize = 100;
@@ -472,6 +473,7 @@ impl Coordinator {
         }
         let pending = self.pending.remove(&id)?;
         let failure = format!("{} {id} declined by {task}: {reason}", pending.kind.noun());
+        telemetry::CHECKPOINTS_FAILED.add(1);
         let verdict = self.record_failure(pending.record(), pending.wall_ms_at(now), failure, true);
         Some((pending.kind, verdict))
     }
@@ -486,6 +488,7 @@ impl Coordinator {
             let Some(pending) = self.pending.remove(&id) else { continue };
             let failure = format!("{} {id} expired after {}", pending.kind.noun(), format_duration(timeout));
             let end_wall_ms = pending.wall_ms_at(now);
+            telemetry::CHECKPOINTS_FAILED.add(1);
             let verdict = self.record_failure(pending.record(), end_wall_ms, failure, true);
             aborted.push((id, pending.kind, verdict));
         }
@@ -512,6 +515,9 @@ impl Coordinator {
         }
         record.end(CheckpointRecordStatus::Completed, wall_ms);
         record.state_size = state_size;
+        let duration_ms = record.duration_ms.unwrap_or(0);
+        telemetry::CHECKPOINT_SECONDS.observe_duration(Duration::from_millis(duration_ms));
+        telemetry::CHECKPOINT_BYTES.observe(state_size as f64);
         record.failure = None;
         if record.kind == CheckpointKind::Checkpoint {
             self.consecutive_failures = 0;
@@ -548,6 +554,7 @@ impl Coordinator {
             return FailureVerdict::Tolerated { consecutive_failures: self.consecutive_failures };
         }
         let failure = format!("{} {id} failed: {reason}", record.kind.noun());
+        telemetry::CHECKPOINTS_FAILED.add(1);
         self.record_failure(record, wall_ms, failure, counted)
     }
 
@@ -561,6 +568,7 @@ impl Coordinator {
         for (id, checkpoint) in pending {
             let failure = format!("{} {id} aborted: {reason}", checkpoint.kind.noun());
             self.record_failure(checkpoint.record(), wall_ms, failure, false);
+            telemetry::CHECKPOINTS_ABORTED.add(1);
             ids.push(id);
         }
         ids

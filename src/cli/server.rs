@@ -20,6 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use tracing::Instrument;
 
+use crate::api::grpc::runtime::GrpcRuntimeSource;
 use crate::api::grpc::taskmanager::GrpcTaskExecutorGateway;
 use crate::api::grpc::{self, GrpcTransport};
 use crate::api::rest;
@@ -256,21 +257,23 @@ async fn run_replica(resolved: Resolved) -> Result<()> {
     let node = ReplicaNode::start(config, Arc::new(engine), Arc::new(GrpcTransport::new()), Arc::new(SystemClock))
         .await
         .context("replica failed to start")?;
+    let gateway = Arc::new(GrpcTaskExecutorGateway::new());
+    let services = LeaderServices::start(node.clone(), leader_config.clone(), gateway);
+    let runtime = Arc::new(GrpcRuntimeSource::new(services.clone()));
+    let dispatcher = Dispatcher::new(node.clone()).with_runtime(runtime);
     if let Some(http) = &resolved.http_listen {
         let listener = grpc::bind(http).await.map_err(|e| anyhow!(e))?;
         tracing::info!(http = %http, "serving the REST API");
-        let dispatcher = Dispatcher::new(node.clone());
         let settings = Arc::new(settings_list(node.config(), &leader_config, http));
+        let rest_dispatcher = dispatcher.clone();
         tokio::spawn(async move {
-            if let Err(e) = rest::serve(dispatcher, settings, listener, shutdown_signal()).await {
+            if let Err(e) = rest::serve(rest_dispatcher, settings, listener, shutdown_signal()).await {
                 tracing::error!(error = %e, "REST API failed");
             }
         });
     }
-    let gateway = Arc::new(GrpcTaskExecutorGateway::new());
-    let services = LeaderServices::start(node.clone(), leader_config, gateway);
     let raft_incoming = grpc::incoming(raft_listener);
-    grpc::serve(node.clone(), Arc::new(services), raft_incoming, grpc::incoming(api_listener), shutdown_signal())
+    grpc::serve(dispatcher, Arc::new(services), raft_incoming, grpc::incoming(api_listener), shutdown_signal())
         .await
         .context("gRPC server failed")?;
     tracing::info!("shutting down");

@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::api::grpc::taskmanager::{serve_task_executor, GrpcJobManagerGateway};
 use crate::api::grpc::{self};
+use crate::api::rest;
 use crate::raft::command::MAX_SLOTS_PER_TASK_MANAGER;
 use crate::taskmanager::{load_or_create_id, TaskManager, TaskManagerConfig};
 
@@ -35,6 +36,9 @@ pub struct TaskManagerArgs {
     /// Failure domain (availability zone) for spreading jobs.
     #[arg(long, env = "JM_ZONE")]
     pub zone: Option<String>,
+    /// Address to serve `/metrics` (Prometheus) and `/` (what runs here, JSON) on; none by default.
+    #[arg(long, env = "JM_TM_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
     /// Time between heartbeats to the leader.
     #[arg(long, env = "JM_TM_HEARTBEAT_MS", default_value_t = 500)]
     pub heartbeat_ms: u64,
@@ -66,6 +70,17 @@ pub async fn run(args: TaskManagerArgs) -> Result<()> {
         rpc_timeout: Duration::from_secs(2),
     };
     let tm = TaskManager::start(config, Arc::new(GrpcJobManagerGateway::new()));
+    if let Some(http) = &args.http_listen {
+        let listener = grpc::bind(http).await.map_err(|e| anyhow!(e))?;
+        let bound = listener.local_addr().context("cannot read the bound HTTP address")?;
+        tracing::info!(http = %bound, "serving /metrics");
+        let tm = tm.clone();
+        tokio::spawn(async move {
+            if let Err(e) = rest::taskmanager::serve(tm, listener, super::server::shutdown_signal()).await {
+                tracing::error!(error = %e, "TaskManager HTTP endpoint failed");
+            }
+        });
+    }
     serve_task_executor(Arc::new(tm), listener, super::server::shutdown_signal())
         .await
         .context("gRPC server failed")?;

@@ -187,7 +187,10 @@ impl ReplicaNode {
         if let Some(detail) = self.lease_expired() {
             return Err(Attempt::NotApplied(ClusterError::NoQuorum { detail }));
         }
-        let written = match tokio::time::timeout(budget, self.proposer.propose(command)).await {
+        let started = std::time::Instant::now();
+        let proposed = tokio::time::timeout(budget, self.proposer.propose(command)).await;
+        crate::telemetry::PROPOSAL_SECONDS.observe_duration(started.elapsed());
+        let written = match proposed {
             Err(_) => {
                 return Err(Attempt::Unknown(ClusterError::Indeterminate {
                     detail: format!("leader {} did not commit the write within {budget:?}", self.id),

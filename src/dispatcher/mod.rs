@@ -7,6 +7,7 @@
 //! leader.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::Rng;
 
@@ -14,9 +15,11 @@ pub use crate::jobgraph::MAX_SPEC_BYTES;
 
 use crate::cluster::{ClusterError, Consistency, ReadInfo, ReplicaNode, Written};
 use crate::jobgraph::{self, SpecError};
+use crate::leader::runtime::JobRuntime;
 use crate::raft::command::MAX_METADATA_VALUE_BYTES;
 use crate::raft::state::{Job, SavepointRequest, TaskManagerInfo};
 use crate::raft::{Command, JobId, JobStatus, Response};
+use crate::taskmanager::protocol::BoxFuture;
 
 /// Why the Dispatcher refused or could not serve a request.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +85,17 @@ pub struct Submitted {
 #[derive(Clone)]
 pub struct Dispatcher {
     node: Arc<ReplicaNode>,
+    runtime: Option<Arc<dyn RuntimeSource>>,
+}
+
+/// Where live subtask figures come from: the leader's [`RuntimeView`](crate::leader::runtime::RuntimeView), locally
+/// or through the leader's client API (implemented over gRPC in `api::grpc`).
+pub trait RuntimeSource: Send + Sync + 'static {
+    /// The job's live view, if this replica runs the leader services now (`None` otherwise).
+    fn local(&self, job_id: &str) -> Option<JobRuntime>;
+    /// Asks the replica whose client API is at `api_addr` for its local view: `Ok(None)` if it does not run the
+    /// leader services (yet).
+    fn fetch(&self, api_addr: &str, job_id: &str, timeout: Duration) -> BoxFuture<Result<Option<JobRuntime>, String>>;
 }
 
 /// A fresh job id: 32 lowercase hex characters, like Flink's JobID.
@@ -104,7 +118,13 @@ pub fn check_job_id(job_id: &str) -> Result<(), DispatchError> {
 impl Dispatcher {
     /// A dispatcher on `node`.
     pub fn new(node: Arc<ReplicaNode>) -> Self {
-        Self { node }
+        Self { node, runtime: None }
+    }
+
+    /// The same dispatcher, serving live subtask figures from `runtime`.
+    pub fn with_runtime(mut self, runtime: Arc<dyn RuntimeSource>) -> Self {
+        self.runtime = Some(runtime);
+        self
     }
 
     /// The replica it runs on.
@@ -278,7 +298,51 @@ impl Dispatcher {
         });
         Ok((tms, read))
     }
+
+    /// The leader's live view of a job's subtasks: asked locally when this replica leads, of the leader otherwise,
+    /// waiting (bounded by the write timeout) through an election or a leader that has not started its services.
+    /// The job must exist (a linearizable read checks it); a job without running tasks has an empty view.
+    pub async fn job_runtime(&self, job_id: &str) -> Result<JobRuntime, DispatchError> {
+        self.get(job_id, Consistency::Linearizable).await?;
+        self.job_runtime_unchecked(job_id).await
+    }
+
+    /// [`Dispatcher::job_runtime`] without checking that the job exists.
+    pub async fn job_runtime_unchecked(&self, job_id: &str) -> Result<JobRuntime, DispatchError> {
+        let Some(source) = &self.runtime else { return Ok(JobRuntime::default()) };
+        let deadline = tokio::time::Instant::now() + self.node.config().timing.write_timeout;
+        let mut last_error = String::from("no leader known");
+        loop {
+            if let Some(runtime) = source.local(job_id) {
+                return Ok(runtime);
+            }
+            let leader = self.node.current_leader().filter(|id| *id != self.node.id);
+            if let Some(addr) = leader.and_then(|id| self.node.members().get(&id).map(|n| n.api_addr.clone())) {
+                let budget = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match source.fetch(&addr, job_id, budget.min(Duration::from_secs(2))).await {
+                    Ok(Some(runtime)) => return Ok(runtime),
+                    Ok(None) => last_error = format!("the leader at {addr} has not started its services yet"),
+                    Err(e) => last_error = format!("cannot reach the leader at {addr}: {e}"),
+                }
+            }
+            if tokio::time::Instant::now() + RUNTIME_RETRY >= deadline {
+                return Err(DispatchError::Cluster(ClusterError::NoLeader {
+                    detail: format!("live task figures are served by the leader; {last_error}"),
+                }));
+            }
+            tokio::time::sleep(RUNTIME_RETRY).await;
+        }
+    }
+
+    /// This replica's own leader view of a job (`None` when it does not run the leader services), never asking
+    /// another replica: what a follower's [`RuntimeSource::fetch`] is answered with.
+    pub fn local_job_runtime(&self, job_id: &str) -> Option<JobRuntime> {
+        self.runtime.as_ref().and_then(|source| source.local(job_id))
+    }
 }
+
+/// Pause between attempts to reach the leader's live view.
+const RUNTIME_RETRY: Duration = Duration::from_millis(50);
 
 fn unexpected(response: &Response) -> DispatchError {
     DispatchError::Cluster(ClusterError::Fatal { detail: format!("unexpected response {response:?}") })

@@ -11,7 +11,11 @@
 //! It also answers the TaskManagers ([`JobManagerHandler`]): registrations on any replica (a replicated write),
 //! heartbeats and task events on the leader only; a follower answers `NotLeader` with the leader's address.
 //!
+//! It keeps the live view of every subtask ([`runtime`]) from the heartbeats, for the REST API and the dashboard.
+//!
 //! Caveat: leader services are rebuilt from scratch on every activation; nothing in memory survives a term.
+
+pub mod runtime;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -30,6 +34,7 @@ use crate::resource_manager::{ResourceManager, RmConfig};
 use crate::taskmanager::protocol::{
     BoxFuture, FromJobManager, JobManagerHandler, TaskEvent, TaskExecutorGateway, ToJobManager,
 };
+use runtime::{JobRuntime, RuntimeView};
 
 /// How often the leader looks for live jobs without a JobMaster.
 const JOB_SCAN_INTERVAL: Duration = Duration::from_millis(100);
@@ -50,6 +55,7 @@ struct ActiveTerm {
     term: u64,
     rm: Arc<ResourceManager>,
     registry: Arc<JobMasterRegistry>,
+    runtime: RuntimeView,
 }
 
 /// Starts and stops the leader-only services with leadership, and answers TaskManagers.
@@ -74,6 +80,11 @@ impl LeaderServices {
 
     fn set_active(&self, active: Option<Arc<ActiveTerm>>) {
         *self.active.write().unwrap_or_else(|p| p.into_inner()) = active;
+    }
+
+    /// The live view of a job's subtasks, if this replica runs the leader services now.
+    pub fn job_runtime(&self, job_id: &str) -> Option<JobRuntime> {
+        self.active().map(|a| a.runtime.job(job_id, Instant::now()))
     }
 
     /// How many JobMasters run here (0 on a follower).
@@ -106,7 +117,8 @@ impl LeaderServices {
         tracing::info!(term, "establishing leadership: starting ResourceManager and JobMasters");
         let rm = ResourceManager::new(self.node.clone(), term, self.config.rm.clone());
         let registry = Arc::new(JobMasterRegistry::default());
-        let active = Arc::new(ActiveTerm { term, rm: rm.clone(), registry: registry.clone() });
+        let active =
+            Arc::new(ActiveTerm { term, rm: rm.clone(), registry: registry.clone(), runtime: RuntimeView::default() });
         let ctx = Arc::new(JobMasterContext {
             node: self.node.clone(),
             term,
@@ -173,6 +185,11 @@ fn heartbeat(
     deployments: Vec<crate::taskmanager::protocol::DeploymentReport>,
 ) -> FromJobManager {
     let (reply, missing) = active.rm.heartbeat(tm_id, &deployments);
+    if matches!(reply, FromJobManager::HeartbeatAck { known: true, .. }) {
+        active.runtime.record(tm_id, &deployments, Instant::now());
+    } else {
+        active.runtime.forget_task_manager(tm_id);
+    }
     for report in deployments {
         let job_id = report.job_id.clone();
         active.registry.deliver(&job_id, JobMasterMessage::Report { tm_id: tm_id.to_string(), report });

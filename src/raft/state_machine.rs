@@ -137,6 +137,7 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let started = std::time::Instant::now();
         let copy = self.store.state.read(|s| s.clone());
         let cluster = copy.cluster;
         let data = tokio::task::spawn_blocking(move || encode_record(&cluster))
@@ -149,6 +150,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let meta = SnapshotMeta { last_log_id: copy.last_applied, last_membership: copy.membership, snapshot_id };
         self.store.persist_snapshot(&meta, data.clone()).await.map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        crate::telemetry::SNAPSHOT_SECONDS.observe_duration(started.elapsed());
+        crate::telemetry::SNAPSHOT_BYTES.set(data.len() as u64);
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
@@ -191,6 +194,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
+        crate::telemetry::SNAPSHOT_BYTES.set(data.len() as u64);
         let cluster: ClusterState =
             decode_record("received snapshot", &data).map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
         // Durable first: if we crash after this, the restart finds the new snapshot.

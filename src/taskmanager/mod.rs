@@ -39,6 +39,7 @@ use runtime::{Barrier, BarrierKind, Deployment, DeploymentSpec};
 
 use crate::jobgraph::JobGraph;
 use crate::raft::{JobId, TaskManagerId};
+use crate::telemetry::Counter;
 
 /// How many task events are sent in one message at most.
 const MAX_EVENTS_PER_BATCH: usize = 512;
@@ -95,9 +96,27 @@ struct Running {
     terminal_since: Option<Instant>,
 }
 
+/// What a TaskManager counts, for its `/metrics`.
+#[derive(Debug, Default)]
+pub struct TaskManagerStats {
+    /// Commands received from JobMasters.
+    pub commands: Counter,
+    /// Commands refused for a stale fencing token (a deposed leader's).
+    pub commands_fenced: Counter,
+    /// Heartbeats the leader took.
+    pub heartbeats: Counter,
+    /// Heartbeat rounds no replica took (no leader reachable).
+    pub heartbeat_failures: Counter,
+    /// Successful registrations (the first, and each after the leader forgot this TaskManager).
+    pub registrations: Counter,
+    /// Task events dropped because no leader was reachable.
+    pub events_dropped: Counter,
+}
+
 /// A TaskManager.
 pub struct TaskManager {
     config: TaskManagerConfig,
+    stats: TaskManagerStats,
     gateway: Arc<dyn JobManagerGateway>,
     jobs: Mutex<HashMap<JobId, JobEntry>>,
     /// The replica believed to lead, and the next replica to try otherwise.
@@ -113,6 +132,7 @@ impl TaskManager {
         let (events, receiver) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let tm = Arc::new(Self {
             config,
+            stats: TaskManagerStats::default(),
             gateway,
             jobs: Mutex::new(HashMap::new()),
             leader: Mutex::new((None, 0)),
@@ -127,6 +147,16 @@ impl TaskManager {
     /// Its id.
     pub fn id(&self) -> &str {
         &self.config.tm_id
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &TaskManagerConfig {
+        &self.config
+    }
+
+    /// What it counted so far.
+    pub fn stats(&self) -> &TaskManagerStats {
+        &self.stats
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, JobEntry>> {
@@ -163,6 +193,7 @@ impl TaskManager {
             }
             match self.heartbeat().await {
                 Some(FromJobManager::HeartbeatAck { known, cancel, .. }) => {
+                    self.stats.heartbeats.add(1);
                     if !known {
                         tracing::warn!(tm_id = %self.config.tm_id, "the leader does not know this TaskManager; registering again");
                         registered = false;
@@ -173,6 +204,7 @@ impl TaskManager {
                     }
                 }
                 _ => {
+                    self.stats.heartbeat_failures.add(1);
                     // No leader reachable right now: try again soon, tasks keep running meanwhile.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -192,6 +224,7 @@ impl TaskManager {
         for address in self.config.cluster.clone() {
             match self.gateway.call(&address, request.clone(), self.config.rpc_timeout).await {
                 Ok(FromJobManager::Registered { term }) => {
+                    self.stats.registrations.add(1);
                     tracing::info!(tm_id = %self.config.tm_id, via = %address, term, "registered");
                     return true;
                 }
@@ -291,6 +324,7 @@ impl TaskManager {
             let count = events.len();
             let request = ToJobManager::TaskEvents { tm_id: self.config.tm_id.clone(), events };
             if self.call_leader(request).await.is_none() {
+                self.stats.events_dropped.add(count as u64);
                 tracing::warn!(count, "no leader reachable; task events dropped (heartbeats will re-report states)");
             }
         }
@@ -300,7 +334,9 @@ impl TaskManager {
 
     async fn handle_command(self: Arc<Self>, command: ToTaskManager) -> FromTaskManager {
         let (job_id, token) = command.fencing();
+        self.stats.commands.add(1);
         if let Err(newest) = self.accept_token(job_id, token) {
+            self.stats.commands_fenced.add(1);
             tracing::warn!(%job_id, command = command.name(), %token, %newest, "refused a command with a stale fencing token");
             return FromTaskManager::Fenced { newest };
         }

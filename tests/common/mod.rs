@@ -38,6 +38,8 @@ pub struct TaskManagerProcess {
     pub number: u64,
     pub data_dir: PathBuf,
     pub listen: String,
+    /// Where it serves `/metrics`.
+    pub http: String,
     pub slots: u32,
     pub child: Option<Child>,
 }
@@ -131,6 +133,7 @@ impl TestCluster {
                 number,
                 data_dir: self.dir.path().join(format!("tm-{number}")),
                 listen: format!("127.0.0.1:{}", free_port()),
+                http: format!("127.0.0.1:{}", free_port()),
                 slots,
                 child: None,
             });
@@ -140,7 +143,7 @@ impl TestCluster {
         std::fs::create_dir_all(&tm.data_dir).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(tm.data_dir.join("tm.log")).unwrap();
         let child = Command::new(jm())
-            .args(["taskmanager", "--cluster", &cluster.join(","), "--listen", &tm.listen])
+            .args(["taskmanager", "--cluster", &cluster.join(","), "--listen", &tm.listen, "--http-listen", &tm.http])
             .args(["--slots", &slots.to_string(), "--heartbeat-ms", "200"])
             .arg("--data-dir")
             .arg(&tm.data_dir)

@@ -2,8 +2,10 @@
 
 use super::pb;
 use crate::cluster::{Consistency, ReadInfo, ReplicaStatus, Written};
+use crate::leader::runtime::{JobRuntime, SubtaskRuntime};
 use crate::raft::command::{CompletedCheckpoint, Savepoint, SavepointOutcome};
 use crate::raft::state::{Job, SavepointRequest, TaskManagerInfo};
+use crate::taskmanager::protocol::{SubtaskStatus, TaskState};
 
 /// The read consistency a request asks for.
 pub fn consistency(value: i32) -> Consistency {
@@ -172,4 +174,48 @@ pub fn replica_status(
             ..Default::default()
         },
     }
+}
+
+/// A subtask's live figures as a message.
+pub fn subtask_runtime(s: &SubtaskRuntime) -> pb::SubtaskRuntime {
+    pb::SubtaskRuntime {
+        vertex: s.status.vertex.clone(),
+        subtask: s.status.subtask,
+        attempt: s.attempt,
+        state: s.status.state.as_flink_str().to_string(),
+        tm_id: s.tm_id.clone(),
+        records_in: s.status.records_in,
+        records_out: s.status.records_out,
+        busy_ms: s.status.busy_ms,
+        records_in_per_second: s.records_in_per_second,
+        records_out_per_second: s.records_out_per_second,
+        busy_ratio: s.busy_ratio,
+        report_age_ms: s.report_age_ms,
+    }
+}
+
+/// A job's live figures from a message; subtasks in a state this binary does not know are dropped.
+pub fn job_runtime_from(subtasks: Vec<pb::SubtaskRuntime>) -> JobRuntime {
+    let subtasks = subtasks
+        .into_iter()
+        .filter_map(|s| {
+            Some(SubtaskRuntime {
+                status: SubtaskStatus {
+                    vertex: s.vertex,
+                    subtask: s.subtask,
+                    state: TaskState::from_flink_str(&s.state)?,
+                    records_in: s.records_in,
+                    records_out: s.records_out,
+                    busy_ms: s.busy_ms,
+                },
+                tm_id: s.tm_id,
+                attempt: s.attempt,
+                records_in_per_second: s.records_in_per_second,
+                records_out_per_second: s.records_out_per_second,
+                busy_ratio: s.busy_ratio,
+                report_age_ms: s.report_age_ms,
+            })
+        })
+        .collect();
+    JobRuntime { subtasks }
 }

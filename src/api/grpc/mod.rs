@@ -16,6 +16,7 @@
 pub mod client;
 pub mod convert;
 pub mod peer;
+pub mod runtime;
 pub mod service;
 pub mod status;
 pub mod taskmanager;
@@ -32,7 +33,6 @@ use tonic::transport::server::Connected;
 pub use client::{ClientError, ClusterClient};
 pub use peer::GrpcTransport;
 
-use crate::cluster::ReplicaNode;
 use crate::dispatcher::Dispatcher;
 use crate::taskmanager::protocol::JobManagerHandler;
 
@@ -63,7 +63,7 @@ pub const MAX_PEER_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// `shutdown` resolves. The connection streams are injected: [`incoming`] turns a TCP listener into
 /// one, and a simulation can pass its own.
 pub async fn serve<R, A, IO, E>(
-    node: Arc<ReplicaNode>,
+    dispatcher: Dispatcher,
     task_managers: Arc<dyn JobManagerHandler>,
     raft: R,
     api: A,
@@ -84,11 +84,11 @@ where
         let _ = rx.wait_for(|s| *s).await;
     };
     let peer_server = tonic::transport::Server::builder()
-        .add_service(peer::server(node.clone()))
+        .add_service(peer::server(dispatcher.node().clone()))
         .serve_with_incoming_shutdown(raft, stopped(rx.clone()));
     let api_server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(256)
-        .add_service(service::server(Dispatcher::new(node), task_managers))
+        .add_service(service::server(dispatcher, task_managers))
         .serve_with_incoming_shutdown(api, stopped(rx));
     tokio::try_join!(peer_server, api_server)?;
     Ok(())

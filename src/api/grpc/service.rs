@@ -151,6 +151,24 @@ impl JobManager for JobManagerService {
         }))
     }
 
+    async fn get_job_runtime(
+        &self,
+        request: Request<pb::GetJobRuntimeRequest>,
+    ) -> Result<Response<pb::GetJobRuntimeReply>, Status> {
+        let r = request.into_inner();
+        crate::dispatcher::check_job_id(&r.job_id)?;
+        let runtime = if r.local_only {
+            self.dispatcher.local_job_runtime(&r.job_id)
+        } else {
+            Some(self.dispatcher.job_runtime(&r.job_id).await?)
+        };
+        Ok(Response::new(pb::GetJobRuntimeReply {
+            leading: runtime.is_some(),
+            subtasks: runtime.iter().flat_map(|rt| rt.subtasks.iter().map(convert::subtask_runtime)).collect(),
+            served_by: self.id(),
+        }))
+    }
+
     async fn task_manager_call(
         &self,
         request: Request<pb::TaskManagerEnvelope>,

@@ -9,9 +9,11 @@ use serde_json::{json, Value};
 use crate::checkpoint::coordinator::CheckpointConfig;
 use crate::cluster::{ClusterError, ReplicaNode, ReplicaStatus};
 use crate::jobgraph::{JobGraph, JobSpec, OperatorSpec};
+use crate::leader::runtime::{JobRuntime, SubtaskRuntime};
 use crate::raft::command::{CompletedCheckpoint, SavepointOutcome};
 use crate::raft::state::{Job, SavepointRequest, TaskManagerInfo};
 use crate::raft::{JobStatus, NodeId};
+use crate::taskmanager::protocol::TaskState;
 
 /// The Flink version this API follows, reported where Flink reports its own.
 pub const FLINK_API_VERSION: &str = "1.19.0";
@@ -132,8 +134,133 @@ fn operator_name(op: &OperatorSpec) -> &'static str {
     op.name()
 }
 
-/// `GET /jobs/:jobid`.
-pub fn job_details(job: &Job, now: u64) -> Value {
+/// The live subtasks of `vertex` in the job's current attempt, by subtask index.
+fn live_subtasks<'r>(job: &Job, runtime: Option<&'r JobRuntime>, vertex: &str) -> BTreeMap<u32, &'r SubtaskRuntime> {
+    let attempt = job.deployment.as_ref().map(|d| d.attempt);
+    runtime
+        .into_iter()
+        .flat_map(|rt| rt.subtasks.iter())
+        .filter(|s| Some(s.attempt) == attempt && s.status.vertex == vertex)
+        .map(|s| (s.status.subtask, s))
+        .collect()
+}
+
+/// Flink's I/O metrics of a set of subtasks (bytes are not measured here: records are).
+fn io_metrics<'a>(subtasks: impl Iterator<Item = &'a SubtaskRuntime>, complete: bool) -> Value {
+    let (mut records_in, mut records_out, mut busy_ms) = (0u64, 0u64, 0u64);
+    let (mut in_rate, mut out_rate) = (0f64, 0f64);
+    for s in subtasks {
+        records_in += s.status.records_in;
+        records_out += s.status.records_out;
+        busy_ms += s.status.busy_ms;
+        in_rate += s.records_in_per_second.unwrap_or(0.0);
+        out_rate += s.records_out_per_second.unwrap_or(0.0);
+    }
+    json!({
+        "read-bytes": 0, "read-bytes-complete": false,
+        "write-bytes": 0, "write-bytes-complete": false,
+        "read-records": records_in, "read-records-complete": complete,
+        "write-records": records_out, "write-records-complete": complete,
+        "accumulated-backpressured-time": 0, "accumulated-idle-time": 0, "accumulated-busy-time": busy_ms,
+        // Ours: throughput over the last heartbeat interval.
+        "read-records-per-second": in_rate, "write-records-per-second": out_rate,
+    })
+}
+
+/// A vertex's state from its subtasks' (Flink's aggregation: any failed, canceling, running... wins in that order),
+/// or the one implied by the job's status when no subtask reported.
+fn aggregate_status(job: &Job, live: &BTreeMap<u32, &SubtaskRuntime>, parallelism: u32) -> &'static str {
+    if live.is_empty() {
+        return vertex_status(job.status);
+    }
+    let states: Vec<TaskState> = live.values().map(|s| s.status.state).collect();
+    let any = |wanted: TaskState| states.contains(&wanted);
+    let all = |wanted: TaskState| states.len() as u32 == parallelism && states.iter().all(|s| *s == wanted);
+    if any(TaskState::Failed) {
+        "FAILED"
+    } else if any(TaskState::Canceling) {
+        "CANCELING"
+    } else if all(TaskState::Finished) {
+        "FINISHED"
+    } else if all(TaskState::Canceled) {
+        "CANCELED"
+    } else if any(TaskState::Running) {
+        "RUNNING"
+    } else if any(TaskState::Initializing) {
+        "INITIALIZING"
+    } else if any(TaskState::Deploying) {
+        "DEPLOYING"
+    } else {
+        "CREATED"
+    }
+}
+
+/// `GET /jobs/:jobid/vertices/:vertexid`: the vertex with every subtask's state, TaskManager and records, from the
+/// leader's live view; subtasks without a report show the state the job's status implies. `None` if the job has no
+/// such vertex.
+pub fn vertex_details(
+    job: &Job,
+    vertex_id: &str,
+    runtime: Option<&JobRuntime>,
+    tms: &[(TaskManagerInfo, u32)],
+    now: u64,
+) -> Option<Value> {
+    let graph = JobGraph::from_canonical_json(&job.spec_json).ok()?;
+    let vertex = graph.vertices.iter().find(|v| v.id == vertex_id)?;
+    let live = live_subtasks(job, runtime, &vertex.id);
+    let started = job.deployment.as_ref().map_or(start_time(job), |d| d.at_ms);
+    let subtasks: Vec<Value> = (0..vertex.parallelism)
+        .map(|index| match live.get(&index) {
+            Some(s) => {
+                let endpoint = tms.iter().find(|(tm, _)| tm.id == s.tm_id).map(|(tm, _)| tm.address.clone());
+                let terminal = s.status.state.is_terminal();
+                json!({
+                    "subtask": index,
+                    "status": s.status.state.as_flink_str(),
+                    "attempt": s.attempt,
+                    "endpoint": endpoint,
+                    "host": endpoint,
+                    "taskmanager-id": s.tm_id,
+                    "start-time": started,
+                    "end-time": if terminal { now as i64 } else { -1 },
+                    "duration": now.saturating_sub(started),
+                    "metrics": io_metrics(std::iter::once(*s), true),
+                    // Ours: live figures from the last heartbeats.
+                    "records-in-per-second": s.records_in_per_second,
+                    "records-out-per-second": s.records_out_per_second,
+                    "busy-ratio": s.busy_ratio,
+                    "report-age-ms": s.report_age_ms,
+                })
+            }
+            None => json!({
+                "subtask": index,
+                "status": vertex_status(job.status),
+                "attempt": job.deployment.as_ref().map_or(0, |d| d.attempt),
+                "endpoint": null,
+                "host": null,
+                "taskmanager-id": null,
+                "start-time": started,
+                "end-time": end_time(job),
+                "duration": duration(job, now),
+                "metrics": io_metrics(std::iter::empty(), false),
+            }),
+        })
+        .collect();
+    let name = vertex.operators.iter().map(operator_name).collect::<Vec<_>>().join(" -> ");
+    Some(json!({
+        "id": vertex.id,
+        "name": format!("{}: {name}", vertex.id),
+        "parallelism": vertex.parallelism,
+        "maxParallelism": vertex.max_parallelism,
+        "status": aggregate_status(job, &live, vertex.parallelism),
+        "now": now,
+        "subtasks": subtasks,
+        "metrics": io_metrics(live.values().copied(), live.len() as u32 == vertex.parallelism),
+    }))
+}
+
+/// `GET /jobs/:jobid`. `runtime` is the leader's live view, when it could be had.
+pub fn job_details(job: &Job, runtime: Option<&JobRuntime>, now: u64) -> Value {
     let graph = JobGraph::from_canonical_json(&job.spec_json).ok();
     let mut timestamps: BTreeMap<&str, u64> = BTreeMap::new();
     for change in &job.status_history {
@@ -144,16 +271,23 @@ pub fn job_details(job: &Job, now: u64) -> Value {
         .flat_map(|g| g.vertices.iter())
         .map(|v| {
             let name = v.operators.iter().map(operator_name).collect::<Vec<_>>().join(" -> ");
+            let live = live_subtasks(job, runtime, &v.id);
+            let mut tasks: BTreeMap<&str, u32> = BTreeMap::new();
+            for index in 0..v.parallelism {
+                let state = live.get(&index).map_or(vertex_status(job.status), |s| s.status.state.as_flink_str());
+                *tasks.entry(state).or_default() += 1;
+            }
             json!({
                 "id": v.id,
                 "name": format!("{}: {name}", v.id),
                 "parallelism": v.parallelism,
                 "maxParallelism": v.max_parallelism,
-                "status": vertex_status(job.status),
+                "status": aggregate_status(job, &live, v.parallelism),
                 "start-time": start_time(job),
                 "end-time": end_time(job),
                 "duration": duration(job, now),
-                "tasks": {vertex_status(job.status): v.parallelism},
+                "tasks": tasks,
+                "metrics": io_metrics(live.values().copied(), live.len() as u32 == v.parallelism),
             })
         })
         .collect();

@@ -4,12 +4,18 @@
 //! Names follow Prometheus conventions: a `jm_` prefix, units in the name, `_total` for counters. Replica-local
 //! series (term, indexes, leadership) differ per replica; cluster series (jobs by state, slots, TaskManagers) are
 //! the same on every replica once it has caught up, so a dashboard may scrape any of them (or all, and take the
-//! leader's). Caveat: latency histograms (proposals, checkpoints) and per-subtask throughput are not exported yet.
+//! leader's). Measured series ([`telemetry`]: proposal latency, snapshot duration and size, checkpoint duration, size
+//! and failures) are this process's own; checkpoint series move only on the leader, where the JobMasters run.
+//! Per-subtask records and busy time are exported by the TaskManagers that run the subtasks (their own
+//! `/metrics`), not here.
 
 use std::fmt::Write;
 
 use crate::cluster::ReplicaNode;
 use crate::raft::JobStatus;
+use crate::taskmanager::protocol::{SubtaskStatus, TaskState};
+use crate::taskmanager::TaskManager;
+use crate::telemetry::{self, HistogramSnapshot};
 
 /// The exposition's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -105,8 +111,64 @@ pub fn render(node: &ReplicaNode) -> String {
             seconds,
         );
     }
+    render_measured(&mut out, r);
     render_cluster(node, &mut out, r);
     out
+}
+
+/// What this process measured as it happened ([`telemetry`]).
+fn render_measured(out: &mut String, replica: &str) {
+    let labels = [("replica", replica)];
+    histogram(
+        out,
+        "jm_raft_proposal_duration_seconds",
+        "Time from proposing a command on the leader to its commit and apply there.",
+        &labels,
+        &telemetry::PROPOSAL_SECONDS.snapshot(),
+    );
+    histogram(
+        out,
+        "jm_raft_snapshot_duration_seconds",
+        "Time to serialize and persist a snapshot of the state machine.",
+        &labels,
+        &telemetry::SNAPSHOT_SECONDS.snapshot(),
+    );
+    let bytes = telemetry::SNAPSHOT_BYTES.get() as f64;
+    gauge(out, "jm_raft_snapshot_size_bytes", "Size of the last snapshot built or installed here.", replica, bytes);
+    histogram(
+        out,
+        "jm_checkpoint_duration_seconds",
+        "Trigger-to-commit time of checkpoints and savepoints completed by JobMasters on this replica.",
+        &labels,
+        &telemetry::CHECKPOINT_SECONDS.snapshot(),
+    );
+    histogram(
+        out,
+        "jm_checkpoint_size_bytes",
+        "State size of checkpoints and savepoints completed by JobMasters on this replica.",
+        &labels,
+        &telemetry::CHECKPOINT_BYTES.snapshot(),
+    );
+    let failed = telemetry::CHECKPOINTS_FAILED.get() as f64;
+    let help = "Checkpoints and savepoints that expired, were declined or could not be committed.";
+    counter(out, "jm_checkpoints_failed_total", help, replica, failed);
+    let aborted = telemetry::CHECKPOINTS_ABORTED.get() as f64;
+    let help = "Checkpoints and savepoints aborted by a restart, failover or cancel.";
+    counter(out, "jm_checkpoints_aborted_total", help, replica, aborted);
+}
+
+/// Writes one histogram family: cumulative `_bucket`s, `_sum` and `_count`.
+pub fn histogram(out: &mut String, name: &str, help: &str, labels: &[(&str, &str)], h: &HistogramSnapshot) {
+    let mut family = Family::header(out, name, "histogram", help);
+    let bucket = format!("{name}_bucket");
+    for (bound, count) in &h.buckets {
+        let le = if bound.is_infinite() { "+Inf".to_string() } else { bound.to_string() };
+        let mut with_le = labels.to_vec();
+        with_le.push(("le", &le));
+        family.sample(&bucket, &with_le, *count as f64);
+    }
+    family.sample(&format!("{name}_sum"), labels, h.sum);
+    family.sample(&format!("{name}_count"), labels, h.count as f64);
 }
 
 /// The replicated state's figures, as this replica has applied them.
@@ -140,6 +202,8 @@ pub fn samples(exposition: &str) -> Vec<(String, f64)> {
     exposition
         .lines()
         .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        // Flink's listing has no histograms; their `_sum` and `_count` stand for them.
+        .filter(|line| !line.split(['{', ' ']).next().is_some_and(|name| name.ends_with("_bucket")))
         .filter_map(|line| {
             let (series, value) = line.rsplit_once(' ')?;
             Some((flink_id(series), value.parse().ok()?))
@@ -159,4 +223,73 @@ fn flink_id(series: &str) -> String {
         }
     }
     id
+}
+
+/// Renders a TaskManager's metrics: its slots, its protocol counters, and every subtask's records and busy time.
+pub fn render_task_manager(tm: &TaskManager) -> String {
+    let mut out = String::new();
+    let id = tm.id();
+    let reports = tm.reports();
+    let tm_label = [("tm_id", id)];
+    let simple = |out: &mut String, name: &str, kind: &str, help: &str, value: f64| {
+        Family::header(out, name, kind, help).sample(name, &tm_label, value);
+    };
+    simple(&mut out, "jm_taskmanager_slots", "gauge", "Slots this TaskManager offers.", f64::from(tm.config().slots));
+    simple(&mut out, "jm_taskmanager_deployments", "gauge", "Deployments (job attempts) here.", reports.len() as f64);
+    let stats = tm.stats();
+    let counters: [(&str, &str, &crate::telemetry::Counter); 6] = [
+        ("jm_taskmanager_commands_total", "Commands received from JobMasters.", &stats.commands),
+        (
+            "jm_taskmanager_commands_fenced_total",
+            "Commands refused for a stale fencing token (from a deposed leader).",
+            &stats.commands_fenced,
+        ),
+        ("jm_taskmanager_heartbeats_total", "Heartbeats the leader took.", &stats.heartbeats),
+        (
+            "jm_taskmanager_heartbeat_failures_total",
+            "Heartbeat rounds no replica took (no leader reachable).",
+            &stats.heartbeat_failures,
+        ),
+        ("jm_taskmanager_registrations_total", "Registrations with the cluster.", &stats.registrations),
+        (
+            "jm_taskmanager_events_dropped_total",
+            "Task events dropped while no leader was reachable (heartbeats re-report states).",
+            &stats.events_dropped,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        simple(&mut out, name, "counter", help, counter.get() as f64);
+    }
+    let subtasks: Vec<_> = reports.iter().flat_map(|r| r.subtasks.iter().map(move |s| (r, s))).collect();
+    let mut states = Family::header(&mut out, "jm_taskmanager_subtasks", "gauge", "Subtasks here by state.");
+    for state in TaskState::ALL {
+        let count = subtasks.iter().filter(|(_, s)| s.state == state).count();
+        states.sample("jm_taskmanager_subtasks", &[("tm_id", id), ("state", state.as_flink_str())], count as f64);
+    }
+    type Read = fn(&SubtaskStatus) -> f64;
+    let per_subtask: [(&str, &str, Read); 3] = [
+        ("jm_subtask_records_in_total", "Records that entered the subtask's operator chain.", |s| s.records_in as f64),
+        ("jm_subtask_records_out_total", "Records that left the subtask's operator chain.", |s| s.records_out as f64),
+        (
+            "jm_subtask_busy_seconds_total",
+            "Time the subtask spent processing records (not waiting for input or output).",
+            |s| s.busy_ms as f64 / 1000.0,
+        ),
+    ];
+    for (name, help, value) in per_subtask {
+        let mut family = Family::header(&mut out, name, "counter", help);
+        for (report, s) in &subtasks {
+            let index = s.subtask.to_string();
+            let attempt = report.attempt.to_string();
+            let labels = [
+                ("tm_id", id),
+                ("job_id", report.job_id.as_str()),
+                ("vertex", s.vertex.as_str()),
+                ("subtask", index.as_str()),
+                ("attempt", attempt.as_str()),
+            ];
+            family.sample(name, &labels, value(s));
+        }
+    }
+    out
 }

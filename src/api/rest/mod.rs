@@ -15,12 +15,14 @@
 //!
 //! What exists here so far: cluster and job overviews, job details, status, configuration, exceptions and
 //! checkpoints, TaskManagers, cancel, savepoints, stop-with-savepoint and submission (a spec as JSON or YAML),
-//! plus our own `/cluster`. Caveat: per-subtask state and throughput live only on the leader's JobMasters and are
-//! not served yet; vertices report the job's status.
+//! plus our own `/cluster`. Per-subtask state, records and throughput (`/jobs/:id/vertices/:vid`, and the vertex
+//! figures of `/jobs/:id`) come from the leader's live view of the TaskManagers' heartbeats: a follower asks the
+//! leader for it. When no leader can be asked, `/jobs/:id` still answers from the replicated state, without figures.
 
 mod error;
 mod flink;
 pub mod metrics;
+pub mod taskmanager;
 
 use std::sync::Arc;
 
@@ -55,6 +57,7 @@ pub fn router(dispatcher: Dispatcher, settings: Settings) -> Router {
         .route("/jobs/overview", get(jobs_overview))
         .route("/jobs/{job_id}", get(job).patch(cancel))
         .route("/jobs/{job_id}/status", get(job_status))
+        .route("/jobs/{job_id}/vertices/{vertex_id}", get(vertex))
         .route("/jobs/{job_id}/config", get(job_config))
         .route("/jobs/{job_id}/exceptions", get(job_exceptions))
         .route("/jobs/{job_id}/checkpoints", get(job_checkpoints))
@@ -129,7 +132,34 @@ async fn jobs_overview(State(d): Api) -> Reply {
 
 async fn job(State(d): Api, Path(job_id): Path<String>) -> Reply {
     let (job, _) = d.get(&job_id, Consistency::Linearizable).await?;
-    ok(flink::job_details(&job, d.node().clock().now_ms()))
+    let runtime = live_view(&d, &job).await;
+    ok(flink::job_details(&job, runtime.as_ref(), d.node().clock().now_ms()))
+}
+
+/// The leader's live view of a job with tasks, or `None` (a job without a deployment, or no leader reachable now:
+/// the page then shows what the replicated state says, rather than failing).
+async fn live_view(d: &Dispatcher, job: &crate::raft::state::Job) -> Option<crate::leader::runtime::JobRuntime> {
+    if job.status.is_terminal() || job.deployment.is_none() {
+        return None;
+    }
+    match d.job_runtime_unchecked(&job.id).await {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            tracing::debug!(job_id = %job.id, error = %e, "no live view of the job's tasks");
+            None
+        }
+    }
+}
+
+async fn vertex(State(d): Api, Path((job_id, vertex_id)): Path<(String, String)>) -> Reply {
+    let (job, _) = d.get(&job_id, Consistency::Linearizable).await?;
+    let runtime = live_view(&d, &job).await;
+    let (tms, _) = d.task_managers(Consistency::Stale).await?;
+    let now = d.node().clock().now_ms();
+    match flink::vertex_details(&job, &vertex_id, runtime.as_ref(), &tms, now) {
+        Some(details) => ok(details),
+        None => Err(RestError::NotFound(format!("job {job_id} has no vertex {vertex_id:?}"))),
+    }
 }
 
 async fn job_status(State(d): Api, Path(job_id): Path<String>) -> Reply {

@@ -105,7 +105,7 @@ pub enum TaskState {
 
 impl TaskState {
     /// Every state, in declaration order (the order of the `u8` encoding).
-    const ALL: [TaskState; 8] = [
+    pub const ALL: [TaskState; 8] = [
         TaskState::Created,
         TaskState::Deploying,
         TaskState::Initializing,
