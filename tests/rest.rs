@@ -168,7 +168,15 @@ async fn flink_rest_paths_work_on_every_replica() {
     let (_, values) = http(&via_follower, "GET", &format!("/jobmanager/metrics?get={term_id}"), None).await;
     assert!(values[0]["value"].as_str().unwrap().parse::<f64>().unwrap() >= 1.0, "{values}");
     let (_, openapi) = http(&via_follower, "GET", "/openapi.json", None).await;
-    for path in ["/overview", "/jobs/{jobid}", "/jobs/{jobid}/savepoints/{triggerid}", "/cluster", "/metrics"] {
+    let paths = [
+        "/overview",
+        "/jobs/{jobid}",
+        "/jobs/{jobid}/vertices/{vertexid}",
+        "/jobs/{jobid}/savepoints/{triggerid}",
+        "/cluster",
+        "/metrics",
+    ];
+    for path in paths {
         assert!(openapi["paths"].get(path).is_some(), "{path} missing from /openapi.json");
     }
 }
