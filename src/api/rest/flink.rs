@@ -125,6 +125,9 @@ pub fn job_overview(job: &Job, now: u64) -> Value {
         "duration": duration(job, now),
         "last-modification": job.updated_at_ms,
         "tasks": task_counts(job, subtask_count(&job.spec_json)),
+        // Flink's client (`flink list`) requires this count; every operator of ours is deployed with its job.
+        "pending-operators": 0,
+        "jobType": "STREAMING",
     })
 }
 
