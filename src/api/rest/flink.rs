@@ -328,7 +328,7 @@ pub fn savepoint_status(request: &SavepointRequest) -> Value {
         }
         Some(SavepointOutcome::Failed { error }) => json!({
             "status": {"id": "COMPLETED"},
-            "operation": {"failure-cause": {"class": "SavepointFailure", "stack-trace": error, "serialized-throwable": null}},
+            "operation": {"failure-cause": super::java::failure_cause("SavepointFailure", error)},
         }),
     }
 }

@@ -20,6 +20,7 @@
 
 mod error;
 mod flink;
+mod java;
 pub mod metrics;
 
 use std::sync::Arc;
