@@ -127,6 +127,9 @@ pub fn job_overview(job: &Job, now: u64) -> Value {
         "duration": duration(job, now),
         "last-modification": job.updated_at_ms,
         "tasks": task_counts(job, subtask_count(&job.spec_json)),
+        // Flink's client (`flink list`) requires this count; every operator of ours is deployed with its job.
+        "pending-operators": 0,
+        "jobType": "STREAMING",
     })
 }
 
@@ -459,7 +462,7 @@ pub fn savepoint_status(request: &SavepointRequest) -> Value {
         }
         Some(SavepointOutcome::Failed { error }) => json!({
             "status": {"id": "COMPLETED"},
-            "operation": {"failure-cause": {"class": "SavepointFailure", "stack-trace": error, "serialized-throwable": null}},
+            "operation": {"failure-cause": super::java::failure_cause("SavepointFailure", error)},
         }),
     }
 }

@@ -1,6 +1,7 @@
 //! The REST API: Apache Flink's REST paths, status codes and JSON field names, on every replica.
 //!
-//! Every route is served under `/` and under `/v1/`, like Flink's. Handlers are thin: they call the
+//! Every route is served under `/` and under `/v1/`, like Flink's. Flink's own Java client (the `flink` CLI) reads
+//! these answers strictly, so fields it requires are present even where they say nothing about us. Handlers are thin: they call the
 //! [`Dispatcher`] (which forwards writes to the leader and reads at the requested consistency) and shape its answer
 //! into Flink's JSON ([`flink`]). Errors take Flink's shape, `{"errors": ["..."]}`, with the status code mapped in
 //! one place ([`error`]).
@@ -21,6 +22,7 @@
 
 mod error;
 mod flink;
+mod java;
 pub mod metrics;
 pub mod taskmanager;
 
