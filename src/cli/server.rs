@@ -97,6 +97,9 @@ pub struct ServerArgs {
     /// Where to serve the REST API (Flink's paths, like Flink's port 8081); off when not given.
     #[arg(long, env = "JM_HTTP_LISTEN")]
     pub http_listen: Option<String>,
+    /// The failure domain (availability zone) this replica runs in, shown by `/cluster` and the dashboard.
+    #[arg(long, env = "JM_ZONE")]
+    pub zone: Option<String>,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -122,6 +125,7 @@ struct FileConfig {
     placement: Option<String>,
     slot_request_timeout_ms: Option<u64>,
     http_listen: Option<String>,
+    zone: Option<String>,
 }
 
 /// Parses `ID=RAFT_ADDR/API_ADDR,...`.
@@ -218,7 +222,8 @@ pub fn resolve(args: ServerArgs) -> Result<Resolved> {
             deployment_grace: Duration::from_secs(3),
         },
     };
-    let node = NodeConfig { id, data_dir, peers, timing, compaction };
+    let zone = args.zone.or(file.zone).map(|z| z.trim().to_string()).filter(|z| !z.is_empty());
+    let node = NodeConfig { id, data_dir, peers, timing, compaction, zone };
     node.validate().map_err(|e| anyhow!(e))?;
     Ok(Resolved {
         node,
@@ -290,6 +295,7 @@ fn settings_list(node: &NodeConfig, leader: &LeaderConfig, http: &str) -> Vec<(S
         ("jobmanager.node-id".into(), node.id.to_string()),
         ("jobmanager.peers".into(), peers.join(",")),
         ("jobmanager.data-dir".into(), node.data_dir.display().to_string()),
+        ("jobmanager.zone".into(), node.zone.clone().unwrap_or_default()),
         ("rest.address".into(), http.to_string()),
         ("raft.heartbeat-ms".into(), ms(node.timing.heartbeat)),
         ("raft.election-min-ms".into(), ms(node.timing.election_min)),

@@ -80,6 +80,8 @@ pub struct NodeConfig {
     pub timing: Timing,
     /// Log compaction.
     pub compaction: Compaction,
+    /// The failure domain (availability zone) this replica runs in, for display.
+    pub zone: Option<String>,
 }
 
 impl NodeConfig {

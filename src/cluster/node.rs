@@ -71,6 +71,8 @@ pub struct ReplicaStatus {
     pub data_dir_bytes: u64,
     /// Milliseconds since it last heard from a leader (0 on the leader).
     pub ms_since_leader_contact: Option<u64>,
+    /// Its failure domain, if configured.
+    pub zone: Option<String>,
 }
 
 /// A running replica.
@@ -206,6 +208,13 @@ impl ReplicaNode {
         last.map(|t| t.elapsed().as_millis() as u64)
     }
 
+    /// Milliseconds since this replica last heard from a leader other than itself: on a new leader, how long the
+    /// cluster went without one, as far as this replica saw.
+    pub fn ms_since_other_leader_contact(&self) -> Option<u64> {
+        let last = *self.last_leader_contact.lock().unwrap_or_else(|p| p.into_inner());
+        last.map(|t| t.elapsed().as_millis() as u64)
+    }
+
     /// This replica's own status.
     pub fn local_status(&self) -> ReplicaStatus {
         let m = self.metrics();
@@ -226,6 +235,7 @@ impl ReplicaNode {
             leader_activations: self.supervisor.activations(),
             data_dir_bytes: self.engine.size_on_disk(),
             ms_since_leader_contact: self.ms_since_leader_contact(),
+            zone: self.config.zone.clone(),
         }
     }
 

@@ -514,6 +514,7 @@ pub fn cluster(node: &ReplicaNode, statuses: &BTreeMap<NodeId, Result<ReplicaSta
                     "leader_activations": s.leader_activations,
                     "ms_since_leader_contact": s.ms_since_leader_contact,
                     "data_dir_bytes": s.data_dir_bytes,
+                    "zone": s.zone,
                 }),
                 Err(e) => json!({
                     "id": id,
