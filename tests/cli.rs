@@ -183,6 +183,15 @@ async fn jm_local_runs_a_cluster_reports_a_dead_replica_and_stops_cleanly() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // Each TaskManager serves its metrics, including the example job's subtasks.
+    for tm in all.iter().filter(|p| p["role"] == "taskmanager") {
+        let addr = tm["http_addr"].as_str().expect("a TaskManager's metrics address in cluster.json");
+        assert!(output().contains(&format!("metrics http://{addr}/metrics")), "{}", output());
+        let (status, text) = common::http_text(addr, "GET", "/metrics", None).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("# TYPE jm_taskmanager_slots gauge"), "{text}");
+    }
+
     // A replica that dies is reported, not restarted.
     // SAFETY: SIGKILL to a child of the process under test.
     unsafe { libc::kill(pids[1] as libc::pid_t, libc::SIGKILL) };

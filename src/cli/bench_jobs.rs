@@ -90,8 +90,9 @@ impl BenchCluster {
         let addrs = cluster.api_addrs().join(",");
         for n in 1..=u64::from(args.task_managers) {
             let listen = format!("127.0.0.1:{}", free_port()?);
+            let http = format!("127.0.0.1:{}", free_port()?);
             let dir = cluster.root.join(format!("tm-{n}"));
-            let (info, child) = spawn_task_manager(&cluster.exe, &dir, n, &addrs, &listen, args.slots)?;
+            let (info, child) = spawn_task_manager(&cluster.exe, &dir, n, &addrs, (&listen, &http), args.slots)?;
             cluster.task_managers.push(Process { child, pid: info.pid });
         }
         Ok(cluster)

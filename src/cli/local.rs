@@ -146,13 +146,14 @@ pub fn spawn_replica(exe: &Path, dir: &Path, spec: &ReplicaSpec<'_>) -> Result<(
     Ok((info, child))
 }
 
-/// Starts `exe taskmanager` as a child process with its data and `taskmanager.log` in `dir`, serving on `listen`.
+/// Starts `exe taskmanager` as a child process with its data and `taskmanager.log` in `dir`, serving commands on
+/// `listen` and `/metrics` on `http`.
 pub fn spawn_task_manager(
     exe: &Path,
     dir: &Path,
     number: u64,
     cluster: &str,
-    listen: &str,
+    (listen, http): (&str, &str),
     slots: u32,
 ) -> Result<(ProcessInfo, Child)> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -160,7 +161,7 @@ pub fn spawn_task_manager(
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     let child = Command::new(exe)
         .arg("taskmanager")
-        .args(["--cluster", cluster, "--listen", listen, "--slots", &slots.to_string()])
+        .args(["--cluster", cluster, "--listen", listen, "--http-listen", http, "--slots", &slots.to_string()])
         .arg("--data-dir")
         .arg(dir)
         .stdin(Stdio::null())
@@ -176,7 +177,7 @@ pub fn spawn_task_manager(
         pid,
         grpc_addr: listen.to_string(),
         raft_addr: String::new(),
-        http_addr: None,
+        http_addr: Some(http.to_string()),
         data_dir: dir.to_path_buf(),
         log: log_path,
         alive: true,
@@ -257,8 +258,12 @@ pub async fn run(args: LocalArgs) -> Result<()> {
     let cluster_addrs: Vec<String> = addrs.iter().map(|(_, api, _)| api.clone()).collect();
     for number in 1..=u64::from(args.task_managers) {
         let listen = format!("127.0.0.1:{}", free_port()?);
+        // TaskManager N serves its metrics on 9248+N with the default ports (Flink's reporters use 9249).
+        let http = if args.base_port == 0 { free_port()? } else { 9248 + number as u16 };
+        let http = format!("127.0.0.1:{http}");
         let dir = data_dir.join(format!("tm-{number}"));
-        children.push(spawn_task_manager(&exe, &dir, number, &cluster_addrs.join(","), &listen, args.slots)?);
+        let cluster = cluster_addrs.join(",");
+        children.push(spawn_task_manager(&exe, &dir, number, &cluster, (&listen, &http), args.slots)?);
     }
     let mut file =
         ClusterFile { data_dir: data_dir.clone(), processes: children.iter().map(|(p, _)| p.clone()).collect() };
@@ -316,7 +321,8 @@ fn print_banner(
             println!("  replica {id}      pid {pid:<7}  api {api}  raft {raft}{rest}  log {log}");
         } else {
             let (n, pid, addr, log) = (p.node_id, p.pid, &p.grpc_addr, p.log.display());
-            println!("  taskmanager {n}  pid {pid:<7}  rpc {addr}  log {log}");
+            let metrics = p.http_addr.as_deref().map(|a| format!("  metrics http://{a}/metrics")).unwrap_or_default();
+            println!("  taskmanager {n}  pid {pid:<7}  rpc {addr}{metrics}  log {log}");
         }
     }
     match leader {
