@@ -21,8 +21,20 @@ use tokio::process::{Child, Command};
 
 use crate::api::grpc::{pb, ClusterClient};
 
+const EXAMPLES: &str = "
+  # 3 replicas and 2 TaskManagers on the default ports, running an example job
+  jm local
+
+  # 5 replicas on free ports, without the example job (addresses in /tmp/jm5/cluster.json)
+  jm local --replicas 5 --base-port 0 --no-example --data-dir /tmp/jm5
+
+  # Faster elections, for experiments with failover
+  jm local --server-args \"--heartbeat-ms 20 --election-min-ms 60 --election-max-ms 120\"
+";
+
 /// Flags of `jm local`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_long_help = super::examples(EXAMPLES))]
 pub struct LocalArgs {
     /// Where the replicas keep their data and logs.
     #[arg(long, env = "JM_LOCAL_DIR", default_value = "jm-local")]
