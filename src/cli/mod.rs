@@ -35,8 +35,8 @@ pub const DEFAULT_CLUSTER: &str = "127.0.0.1:6123,127.0.0.1:6124,127.0.0.1:6125"
 #[derive(Debug, Parser)]
 #[command(name = "jm", version, about, propagate_version = true, after_long_help = examples(EXAMPLES))]
 pub struct Cli {
-    /// Log lines as human-readable text or as JSON objects (one per line, with span fields such as node_id and
-    /// job_id), for a log pipeline.
+    /// Log lines as human-readable text or as JSON objects (one per line, with span fields such as node_id,
+    /// job_id and request_id), for a log pipeline.
     #[arg(long, env = "JM_LOG_FORMAT", value_enum, default_value = "text", global = true)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -175,6 +175,15 @@ fn fail(message: &str) -> ExitCode {
     // One line: join a multi-line error chain.
     eprintln!("error: {}", message.replace('\n', " "));
     ExitCode::FAILURE
+}
+
+/// The log format of this process as `JM_LOG_FORMAT`'s value, for the processes `jm local` and the benchmarks
+/// start: `jm --log-format json local` makes every replica and TaskManager log JSON too.
+pub fn log_format_env() -> &'static str {
+    match LOG_FORMAT.get() {
+        Some(LogFormat::Json) => "json",
+        _ => "text",
+    }
 }
 
 /// Sets up logging to stderr; `RUST_LOG` overrides the default level.
