@@ -1,5 +1,5 @@
 //! The `jm` command line as a person uses it: real binaries, exit codes, one-line errors, tables and
-//! JSON; `jm local`; a replica refusing a corrupted data dir.
+//! JSON; `--help` with examples for every command; `jm local`; a replica refusing a corrupted data dir.
 
 mod common;
 
@@ -230,4 +230,88 @@ fn logs_are_json_objects_with_log_format_json() {
     let line: serde_json::Value = serde_json::from_str(first).unwrap_or_else(|e| panic!("{e}: {first:?}"));
     assert_eq!(line["fields"]["message"], "starting TaskManager", "{line}");
     assert!(line["fields"]["tm_id"].as_str().unwrap().starts_with("tm-"), "{line}");
+}
+
+/// Runs `jm ARGS` with no cluster or log settings from the environment and returns stdout, asserting success.
+fn help_text(args: &[&str]) -> String {
+    let o = Command::new(jm()).args(args).env_remove("JM_CLUSTER").env_remove("JM_LOG_FORMAT").output().unwrap();
+    assert!(o.status.success(), "jm {args:?} failed: {}", stderr(&o));
+    stdout(&o)
+}
+
+/// The subcommands a help text lists under `Commands:`, without clap's own `help`.
+fn listed_subcommands(help: &str) -> Vec<String> {
+    let mut lines = help.lines().skip_while(|l| l.trim_end() != "Commands:").skip(1);
+    let mut names = Vec::new();
+    for line in lines.by_ref() {
+        if line.trim().is_empty() {
+            break;
+        }
+        // `  name  description`; a description wrapped onto its own line is indented further.
+        if let Some(entry) = line.strip_prefix("  ").filter(|e| !e.starts_with(' ')) {
+            let name = entry.split_whitespace().next().unwrap().to_string();
+            if name != "help" {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+/// Checks the `Examples:` section of `jm PATH --help`: kubectl-style `# comment` lines, each followed by one or more
+/// invocations (1 to 3 in all) that start with `jm PATH`, a trailing `\` continuing one onto the next line.
+fn assert_examples(path: &[String], help: &str) {
+    let command = format!("jm {}", path.join(" "));
+    let command = command.trim_end();
+    let section = help.split_once("\nExamples:\n").map(|(_, s)| s);
+    let section = section.unwrap_or_else(|| panic!("`{command} --help` has no Examples: section:\n{help}"));
+    let (mut invocations, mut after_comment, mut continued) = (0, false, false);
+    for line in section.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(line.starts_with("  "), "`{command} --help`: example line {line:?} is not indented");
+        let text = line.trim();
+        if continued {
+            continued = text.ends_with('\\');
+            continue;
+        }
+        if text.starts_with("# ") {
+            assert!(!after_comment, "`{command} --help`: comment {text:?} follows a comment without an example");
+            after_comment = true;
+            continue;
+        }
+        let runs_it = text == command || text.starts_with(&format!("{command} "));
+        assert!(runs_it, "`{command} --help`: example {text:?} does not start with `{command}`");
+        assert!(after_comment || invocations > 0, "`{command} --help`: example {text:?} has no comment above it");
+        after_comment = false;
+        continued = text.ends_with('\\');
+        invocations += 1;
+    }
+    assert!(!after_comment && !continued, "`{command} --help`: the examples end with a comment or a `\\`");
+    assert!((1..=3).contains(&invocations), "`{command} --help` shows {invocations} invocations, not 1 to 3");
+}
+
+#[test]
+fn every_command_has_examples_in_its_long_help_and_a_short_help_without() {
+    // Walk the command tree as a user sees it: the subcommands `jm PATH --help` lists, recursively.
+    let mut pending: Vec<Vec<String>> = vec![Vec::new()];
+    let mut seen = Vec::new();
+    while let Some(path) = pending.pop() {
+        let args: Vec<&str> = path.iter().map(String::as_str).collect();
+        let long = help_text(&[&args[..], &["--help"]].concat());
+        assert_examples(&path, &long);
+        // `jm help PATH` is the same long help.
+        assert_eq!(help_text(&[&["help"], &args[..]].concat()), long, "`jm help {}`", path.join(" "));
+        let short = help_text(&[&args[..], &["-h"]].concat());
+        assert!(!short.contains("Examples:"), "`jm {} -h` should stay short:\n{short}", path.join(" "));
+        for name in listed_subcommands(&long) {
+            pending.push(path.iter().cloned().chain([name]).collect());
+        }
+        seen.push(path.join(" "));
+    }
+    // The walk found the tree (the help format did not change under the parser).
+    for command in
+        ["", "server", "local", "taskmanager", "job", "job submit", "job stop", "cluster status", "completions"]
+    {
+        assert!(seen.iter().any(|s| s == command), "the walk missed `jm {command}`: {seen:?}");
+    }
+    assert!(seen.len() >= 20, "{seen:?}");
 }

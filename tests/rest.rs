@@ -1,11 +1,12 @@
 //! The REST API (Flink's paths and field names) on real replicas: any replica serves it, writes are forwarded,
-//! errors come in Flink's `{"errors": [...]}` shape with a status a client can act on.
+//! errors come in Flink's `{"errors": [...]}` shape with a status a client can act on; a request's id follows it
+//! from the replica that received it to the leader.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{http, http_text, TestCluster};
+use common::{http, http_exchange, http_text, minimal_spec, TestCluster};
 use serde_json::Value;
 
 const JOB: &str = r#"
@@ -241,6 +242,31 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     }
 }
 
+/// The JSON log lines of `log` that ran in a span (the innermost or an enclosing one) with `request_id == id`.
+fn lines_of_request(log: &str, id: &str) -> Vec<Value> {
+    let in_span = |line: &Value| {
+        line["span"]["request_id"] == id
+            || line["spans"].as_array().is_some_and(|spans| spans.iter().any(|s| s["request_id"] == id))
+    };
+    log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(in_span).collect()
+}
+
+/// Waits until replica `id`'s log has a line of request `request` that `wanted` accepts.
+async fn wait_for_log_line(cluster: &TestCluster, id: u64, request: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(line) = lines_of_request(&cluster.log(id), request).into_iter().find(|l| wanted(l)) {
+            return line;
+        }
+        let log = cluster.log(id);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no such line of request {request} in replica {id}'s log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_subtask_figures_reach_every_replica_and_survive_a_failover() {
     const PARALLEL: &str = r#"
@@ -311,4 +337,51 @@ checkpoints: {interval: 300ms}
     })
     .await;
     assert_eq!(after["subtasks"][0]["attempt"], vertex["subtasks"][0]["attempt"], "no restart: {after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_follows_a_write_from_a_follower_to_the_leader() {
+    let cluster = TestCluster::start_with_rest(3, &["--log-format", "json"]);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let follower = cluster.follower_of(leader);
+    let addr = cluster.replicas.iter().find(|r| r.id == follower).unwrap().http_addr.clone().unwrap();
+
+    // REST: the client's id is echoed, and both replicas log the write under it.
+    let spec = minimal_spec("traced");
+    let reply = http_exchange(&addr, "POST", "/jobs", &[("X-Request-Id", "trace-me-42")], Some(&spec)).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(reply.header("x-request-id"), Some("trace-me-42"));
+    let line =
+        wait_for_log_line(&cluster, follower, "trace-me-42", |l| l["fields"]["message"] == "request finished").await;
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["fields"]["status"], 202, "{line}");
+    assert!(line["fields"]["latency_ms"].is_number(), "{line}");
+    assert_eq!((&line["span"]["method"], &line["span"]["path"]), (&"POST".into(), &"/jobs".into()), "{line}");
+    assert_eq!(line["span"]["node_id"], follower, "{line}");
+    let line = wait_for_log_line(&cluster, leader, "trace-me-42", |l| l["fields"]["command"] == "submit_job").await;
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["fields"]["message"], "served a forwarded write", "{line}");
+    assert_eq!(line["span"]["node_id"], leader, "{line}");
+
+    // An unusable id (a space, too long) is replaced by a fresh one, which is echoed; so is a missing one.
+    for header in [vec![("x-request-id", "two words")], vec![("x-request-id", &*"x".repeat(65))], vec![]] {
+        let reply = http_exchange(&addr, "GET", "/jobs", &header, None).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let id = reply.header("x-request-id").unwrap_or_default();
+        assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{header:?} -> {id:?}");
+    }
+
+    // gRPC: the same through the client API's `x-request-id` metadata.
+    let mut client = cluster.connect(follower).await;
+    let mut request = tonic::Request::new(jobmanager::api::grpc::pb::SubmitJobRequest {
+        spec: spec.into_bytes(),
+        idempotency_key: "traced-over-grpc".into(),
+    });
+    request.metadata_mut().insert("x-request-id", "grpc-trace-7".parse().unwrap());
+    let reply = client.submit_job(request).await.unwrap();
+    assert_eq!(reply.metadata().get("x-request-id").unwrap(), "grpc-trace-7");
+    let line =
+        wait_for_log_line(&cluster, follower, "grpc-trace-7", |l| l["fields"]["message"] == "request finished").await;
+    assert_eq!((&line["span"]["rpc"], &line["fields"]["code"]), (&"SubmitJob".into(), &"OK".into()), "{line}");
+    wait_for_log_line(&cluster, leader, "grpc-trace-7", |l| l["fields"]["command"] == "submit_job").await;
 }

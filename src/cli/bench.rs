@@ -88,8 +88,20 @@ const COMPACTION_SETTLE: Duration = Duration::from_secs(2);
 /// How long one `ClusterStatus` call may take.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 
+const EXAMPLES: &str = "
+  # Everything, on a 3-replica cluster of its own (several minutes); the report is JSON on stdout
+  jm bench > bench.json
+
+  # Write throughput and latency only, quickly
+  jm bench --skip-failover --skip-disk --duration-secs 2 --repeat 1
+
+  # Against an existing cluster (throughput and latency only)
+  jm bench --cluster 10.0.0.1:6123,10.0.0.2:6123,10.0.0.3:6123 --clients 1,16
+";
+
 /// Flags of `jm bench`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_long_help = super::examples(EXAMPLES))]
 pub struct BenchArgs {
     /// Client API addresses of an existing cluster, comma-separated. Without it, bench starts its own
     /// 3-replica cluster (and can then also measure failover, memory and disk).

@@ -24,8 +24,17 @@ use tokio::time::Instant;
 use super::local::{free_port, spawn_replica, spawn_task_manager, ReplicaSpec};
 use crate::api::grpc::{pb, ClusterClient};
 
+const EXAMPLES: &str = "
+  # Everything: 3 replicas and 4 TaskManagers of its own, 100 jobs through 10 leader kills, then 1000 jobs
+  jm bench-jobs
+
+  # A quick run without the throughput phase, keeping the data and logs
+  jm bench-jobs --jobs 20 --kills 3 --throughput-jobs 0 --data-dir /tmp/bench-jobs
+";
+
 /// `jm bench-jobs` options.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_long_help = super::examples(EXAMPLES))]
 pub struct BenchJobsArgs {
     /// Running jobs during the failover phase.
     #[arg(long, default_value_t = 100)]

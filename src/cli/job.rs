@@ -9,10 +9,86 @@ use super::output::{print_json, table, timestamp, Format};
 use super::ClientArgs;
 use crate::api::grpc::pb;
 
+const EXAMPLES: &str = "
+  # Submit a job, then wait until it runs
+  jm job submit docs/examples/fraud-detection.yaml
+  jm job wait <JOB_ID> --state RUNNING
+
+  # Every job with its status, newest first
+  jm job list
+";
+
+const SUBMIT_EXAMPLES: &str = "
+  # Submit a spec through any replica (followers forward it to the leader)
+  jm job submit docs/examples/fraud-detection.yaml
+
+  # Read the spec from standard input; retrying with the same key never creates a second job
+  jm job submit - --idempotency-key nightly-2024-06-01 < job.yaml
+
+  # Print the new job's id, log index and leader as JSON
+  jm job submit job.json -o json
+";
+
+const LIST_EXAMPLES: &str = "
+  # Every job, newest first
+  jm job list
+
+  # From one replica's own state, when no leader is reachable (says how far behind it may be)
+  jm job list --stale --cluster 10.0.0.2:6123
+
+  # The ids of running jobs
+  jm job list -o json | jq -r '.jobs[] | select(.status == \"RUNNING\") | .job_id'
+";
+
+const GET_EXAMPLES: &str = "
+  # Status, attempt, restarts, slots, checkpoints and exceptions of one job
+  jm job get <JOB_ID>
+
+  # The same as JSON, from one replica's own state (no leader needed)
+  jm job get <JOB_ID> --stale -o json
+";
+
+const CANCEL_EXAMPLES: &str = "
+  # Cancel a job: its tasks stop and it ends CANCELED
+  jm job cancel <JOB_ID>
+
+  # Through a given replica
+  jm job cancel <JOB_ID> --cluster 10.0.0.2:6123
+";
+
+const SAVEPOINT_EXAMPLES: &str = "
+  # Take a savepoint into the cluster's savepoint directory and print its path
+  jm job savepoint <JOB_ID>
+
+  # Into a directory shared with the TaskManagers, waiting up to 5 minutes
+  jm job savepoint <JOB_ID> --dir /shared/savepoints --timeout 300
+
+  # Only record the request and print its id
+  jm job savepoint <JOB_ID> --no-wait
+";
+
+const WAIT_EXAMPLES: &str = "
+  # Wait up to a minute for a job to run
+  jm job wait <JOB_ID> --state RUNNING --timeout 60
+
+  # In a script: block until a bounded job finishes (exit code 1 if it fails or is canceled first)
+  jm job wait <JOB_ID> --state FINISHED --timeout 3600
+";
+
+const STOP_EXAMPLES: &str = "
+  # Stop a job with a savepoint and print the savepoint's path
+  jm job stop <JOB_ID>
+
+  # Into a shared directory; restore later with `savepoint: {path: ...}` in a spec
+  jm job stop <JOB_ID> --dir /shared/savepoints --timeout 300
+";
+
 /// Job commands.
 #[derive(Debug, clap::Subcommand)]
+#[command(after_long_help = super::examples(EXAMPLES))]
 pub enum JobCommand {
     /// Submit a job spec (YAML or JSON).
+    #[command(after_long_help = super::examples(SUBMIT_EXAMPLES))]
     Submit {
         /// The spec file; `-` reads standard input.
         file: PathBuf,
@@ -24,6 +100,7 @@ pub enum JobCommand {
         client: ClientArgs,
     },
     /// List jobs, newest first.
+    #[command(after_long_help = super::examples(LIST_EXAMPLES))]
     List {
         /// Read from the first reachable replica's applied state instead of through the leader.
         #[arg(long)]
@@ -32,6 +109,7 @@ pub enum JobCommand {
         client: ClientArgs,
     },
     /// Show one job.
+    #[command(after_long_help = super::examples(GET_EXAMPLES))]
     Get {
         /// The job id.
         id: String,
@@ -42,6 +120,7 @@ pub enum JobCommand {
         client: ClientArgs,
     },
     /// Cancel a job.
+    #[command(after_long_help = super::examples(CANCEL_EXAMPLES))]
     Cancel {
         /// The job id.
         id: String,
@@ -49,7 +128,7 @@ pub enum JobCommand {
         client: ClientArgs,
     },
     /// Take a savepoint of a running job and print its path.
-    #[command(after_help = "Example:\n  jm job savepoint 6f1c... --dir /shared/savepoints")]
+    #[command(after_long_help = super::examples(SAVEPOINT_EXAMPLES))]
     Savepoint {
         /// The job id.
         id: String,
@@ -66,7 +145,7 @@ pub enum JobCommand {
         client: ClientArgs,
     },
     /// Wait until a job reaches a status, showing its progress; fails if it ends in another status first.
-    #[command(after_help = "Example:\n  jm job wait 6f1c... --state RUNNING --timeout 60")]
+    #[command(after_long_help = super::examples(WAIT_EXAMPLES))]
     Wait {
         /// The job id.
         id: String,
@@ -80,7 +159,7 @@ pub enum JobCommand {
         client: ClientArgs,
     },
     /// Stop a job with a savepoint (it ends FINISHED) and print the savepoint's path, to restore from later.
-    #[command(after_help = "Example:\n  jm job stop 6f1c... && jm job submit job-with-savepoint-path.yaml")]
+    #[command(after_long_help = super::examples(STOP_EXAMPLES))]
     Stop {
         /// The job id.
         id: String,

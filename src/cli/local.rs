@@ -21,8 +21,20 @@ use tokio::process::{Child, Command};
 
 use crate::api::grpc::{pb, ClusterClient};
 
+const EXAMPLES: &str = "
+  # 3 replicas and 2 TaskManagers on the default ports, running an example job
+  jm local
+
+  # 5 replicas on free ports, without the example job (addresses in /tmp/jm5/cluster.json)
+  jm local --replicas 5 --base-port 0 --no-example --data-dir /tmp/jm5
+
+  # Faster elections, for experiments with failover
+  jm local --server-args \"--heartbeat-ms 20 --election-min-ms 60 --election-max-ms 120\"
+";
+
 /// Flags of `jm local`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_long_help = super::examples(EXAMPLES))]
 pub struct LocalArgs {
     /// Where the replicas keep their data and logs.
     #[arg(long, env = "JM_LOCAL_DIR", default_value = "jm-local")]
@@ -125,6 +137,7 @@ pub fn spawn_replica(exe: &Path, dir: &Path, spec: &ReplicaSpec<'_>) -> Result<(
         .arg(dir)
         .args(spec.extra)
         .env_remove("JM_CONFIG")
+        .env("JM_LOG_FORMAT", super::log_format_env())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -164,6 +177,7 @@ pub fn spawn_task_manager(
         .args(["--cluster", cluster, "--listen", listen, "--http-listen", http, "--slots", &slots.to_string()])
         .arg("--data-dir")
         .arg(dir)
+        .env("JM_LOG_FORMAT", super::log_format_env())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

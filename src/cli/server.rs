@@ -32,8 +32,21 @@ use crate::raft::{Node, NodeId, SledEngine};
 use crate::resource_manager::placement::PlacementPolicy;
 use crate::resource_manager::RmConfig;
 
+const EXAMPLES: &str = "
+  # Replica 1 of 3 (the same with --id 2 and --id 3 on the other hosts)
+  jm server --id 1 --data-dir /var/lib/jm \\
+    --peers 1=10.0.0.1:7123/10.0.0.1:6123,2=10.0.0.2:7123/10.0.0.2:6123,3=10.0.0.3:7123/10.0.0.3:6123
+
+  # Settings from a TOML file, serving the REST API and the dashboard on port 8081
+  jm server --config /etc/jm/jm.toml --http-listen 0.0.0.0:8081
+
+  # JSON log lines for a log pipeline; requests carry a request_id across replicas
+  jm server --config /etc/jm/jm.toml --log-format json
+";
+
 /// Flags of `jm server`.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[command(after_long_help = super::examples(EXAMPLES))]
 pub struct ServerArgs {
     /// A TOML file with any of the settings below.
     #[arg(long, env = "JM_CONFIG")]

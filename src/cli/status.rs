@@ -7,22 +7,51 @@ use super::output::{print_json, table, Format};
 use super::ClientArgs;
 use crate::api::grpc::pb;
 
+const EXAMPLES: &str = "
+  # Leader, term, and each replica's log, commit and applied index
+  jm cluster status
+
+  # The replicas of a remote cluster and who leads
+  jm cluster members --cluster 10.0.0.1:6123
+";
+
+const STATUS_EXAMPLES: &str = "
+  # The cluster `jm local` started
+  jm cluster status
+
+  # A remote cluster, as JSON
+  jm cluster status --cluster 10.0.0.1:6123,10.0.0.2:6123 -o json
+";
+
+const MEMBERS_EXAMPLES: &str = "
+  # Replica ids, their peer and client addresses, and who leads
+  jm cluster members --cluster 10.0.0.1:6123
+";
+
+const COMPACT_EXAMPLES: &str = "
+  # Snapshot replica 2's state now and compact its log
+  jm cluster compact --cluster 10.0.0.2:6123
+";
+
 /// Cluster commands.
 #[derive(Debug, clap::Subcommand)]
+#[command(after_long_help = super::examples(EXAMPLES))]
 pub enum ClusterCommand {
     /// Members, leader, term, and each replica's log, commit and applied index.
+    #[command(after_long_help = super::examples(STATUS_EXAMPLES))]
     Status {
         #[command(flatten)]
         client: ClientArgs,
     },
     /// The replicas: id, addresses, and who leads.
-    #[command(after_help = "Example:\n  jm cluster members --cluster 10.0.0.1:6123")]
+    #[command(after_long_help = super::examples(MEMBERS_EXAMPLES))]
     Members {
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Snapshot one replica's state now and compact its log (the replica the first --cluster address
     /// reaches).
+    #[command(after_long_help = super::examples(COMPACT_EXAMPLES))]
     Compact {
         #[command(flatten)]
         client: ClientArgs,

@@ -12,11 +12,18 @@ use crate::api::rest;
 use crate::raft::command::MAX_SLOTS_PER_TASK_MANAGER;
 use crate::taskmanager::{load_or_create_id, TaskManager, TaskManagerConfig};
 
+const EXAMPLES: &str = "
+  # 4 slots, serving the leader on port 6200 of 10.0.0.5, in zone eu-1a
+  jm taskmanager --cluster 10.0.0.1:6123,10.0.0.2:6123,10.0.0.3:6123 --slots 4 \\
+    --data-dir /var/lib/jm-tm --listen 0.0.0.0:6200 --advertise 10.0.0.5:6200 --zone eu-1a
+
+  # One more TaskManager for the cluster `jm local` started
+  jm taskmanager --data-dir /tmp/jm-tm-3 --slots 8
+";
+
 /// `jm taskmanager` options.
 #[derive(Debug, Clone, clap::Args)]
-#[command(
-    after_help = "Example:\n  jm taskmanager --cluster 127.0.0.1:6123,127.0.0.1:6124,127.0.0.1:6125 \\\n    --slots 4 --data-dir /var/lib/jm-tm --listen 0.0.0.0:6200 --advertise 10.0.0.5:6200 --zone eu-1a"
-)]
+#[command(after_long_help = super::examples(EXAMPLES))]
 pub struct TaskManagerArgs {
     /// Client API addresses of the replicas, comma-separated (any subset that includes a live replica works).
     #[arg(long, env = "JM_CLUSTER", default_value = super::DEFAULT_CLUSTER, value_delimiter = ',')]

@@ -13,6 +13,11 @@
 //! A leader that has not heard from a quorum within its lease refuses to propose at all, so a write
 //! to a cluster without quorum fails with a clear error and leaves nothing half-written.
 //!
+//! A forwarded write or read-index call carries the id of the client request it serves ([`super::request_id`]):
+//! the leader serves it inside a `request{node_id, request_id}` span and logs one line per forwarded write (its
+//! command, log index and latency; job-metadata puts at debug, being the bulk write), so the request can be
+//! followed from the follower's log to the leader's. The id travels beside the payload, not in [`ForwardRequest`].
+//!
 //! Reads: [`ReplicaNode::read_barrier`] makes a read linearizable (read-index): the leader confirms
 //! it still leads with a round of heartbeats and returns its commit index; the serving replica waits
 //! until it has applied that index, then reads its own state. A stale read skips the barrier and
@@ -23,9 +28,11 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::error::ClusterError;
 use super::node::ReplicaNode;
+use super::request_id;
 use crate::raft::network::call_peer;
 use crate::raft::{Command, NodeId, PeerCall, Response, TransportError};
 
@@ -44,6 +51,10 @@ pub struct Written {
 }
 
 /// A forwarded write, as it travels to the leader.
+///
+/// Its encoding is frozen like a command's (see [`crate::raft::command`]): followers and leaders of different
+/// versions exchange it, and bincode cannot skip an unknown field or default a missing one (`#[serde(default)]`
+/// does not help). What else a forwarded write needs, like the request id, travels as peer-call metadata.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForwardRequest {
     /// The command.
@@ -154,8 +165,27 @@ impl ReplicaNode {
         let _ = tokio::time::timeout(max, changed).await;
     }
 
-    /// Serves a write forwarded by a follower: one attempt, never forwarded again.
+    /// Serves a write forwarded by a follower: one attempt, never forwarded again. Runs in the span of the
+    /// request it serves, and logs its outcome there.
     pub async fn serve_forwarded(&self, request: ForwardRequest) -> Result<Written, ClusterError> {
+        let command = request.command.name();
+        let bulk = matches!(request.command, Command::PutJobMetadata { .. });
+        let started = std::time::Instant::now();
+        async move {
+            let result = self.serve_forwarded_once(request).await;
+            let latency_ms = request_id::latency_ms(started);
+            match &result {
+                Ok(w) if bulk => tracing::debug!(command, index = w.index, latency_ms, "served a forwarded write"),
+                Ok(w) => tracing::info!(command, index = w.index, latency_ms, "served a forwarded write"),
+                Err(error) => tracing::info!(command, %error, latency_ms, "refused or failed a forwarded write"),
+            }
+            result
+        }
+        .instrument(request_id::peer_span(self.id))
+        .await
+    }
+
+    async fn serve_forwarded_once(&self, request: ForwardRequest) -> Result<Written, ClusterError> {
         let budget = Duration::from_millis(request.budget_ms).min(self.config.timing.write_timeout);
         match self.current_leader() {
             Some(leader) if leader == self.id => {}

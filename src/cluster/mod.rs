@@ -11,6 +11,8 @@
 //!   silent;
 //! * [`leadership`]: deciding when this replica acts as leader and starting/stopping the leader-only
 //!   services;
+//! * [`request_id`]: the id of the client request being served, carried to the replicas it reaches so their
+//!   log lines share it;
 //! * [`config`] and [`clock`]: what a replica is given.
 //!
 //! Nothing here knows gRPC: the API layer carries bytes between [`ReplicaNode`]s through a
@@ -25,6 +27,7 @@ pub mod leadership;
 pub mod node;
 pub mod peer;
 pub mod proposer;
+pub mod request_id;
 
 pub use clock::{Clock, SystemClock};
 pub use config::{Compaction, NodeConfig, Timing};

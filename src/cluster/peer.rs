@@ -3,15 +3,19 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use super::error::ClusterError;
 use super::forward::ForwardRequest;
 use super::node::{ReplicaNode, ReplicaStatus};
+use super::request_id;
 use crate::raft::command::{decode, encode};
 use crate::raft::network::{call_peer, serve_raft_call, PeerCallError};
 use crate::raft::{NodeId, PeerCall};
 
 impl ReplicaNode {
-    /// Serves one incoming peer call: decodes the payload, acts, and encodes the reply.
+    /// Serves one incoming peer call: decodes the payload, acts, and encodes the reply. The transport runs it in
+    /// the [`request_id::scope`] of the request the caller served, if it sent one.
     pub async fn serve_peer_call(&self, call: PeerCall, payload: &[u8]) -> Result<Vec<u8>, PeerCallError> {
         if call == PeerCall::AppendEntries {
             self.note_leader_contact();
@@ -22,7 +26,14 @@ impl ReplicaNode {
                     decode(payload).map_err(|reason| PeerCallError::BadRequest { call, reason })?;
                 Ok(encode(&self.serve_forwarded(request).await))
             }
-            PeerCall::ReadIndex => Ok(encode(&self.serve_read_index().await)),
+            PeerCall::ReadIndex => {
+                let read_index = async {
+                    let read_index = self.serve_read_index().await;
+                    tracing::debug!(?read_index, "served a follower's read-index call");
+                    read_index
+                };
+                Ok(encode(&read_index.instrument(request_id::peer_span(self.id)).await))
+            }
             PeerCall::NodeStatus => Ok(encode(&self.local_status())),
             PeerCall::AppendEntries | PeerCall::Vote | PeerCall::InstallSnapshot => {
                 serve_raft_call(&self.raft, call, payload).await

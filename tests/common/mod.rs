@@ -303,11 +303,38 @@ pub async fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (
 
 /// A minimal HTTP/1.1 exchange with `addr`: returns the status code and the body as text.
 pub async fn http_text(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let reply = http_exchange(addr, method, path, &[], body).await;
+    (reply.status, reply.body)
+}
+
+/// An HTTP response: status, headers (names lowercase) and body.
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A minimal HTTP/1.1 exchange with `addr`, sending extra `headers`.
+pub async fn http_exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> HttpReply {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let body = body.unwrap_or("");
+    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -316,9 +343,15 @@ pub async fn http_text(addr: &str, method: &str, path: &str, body: Option<&str>)
     let text = String::from_utf8_lossy(&response).into_owned();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let payload = if chunked { dechunk(rest) } else { rest.to_string() };
-    (status, payload)
+    let headers: Vec<(String, String)> = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    let chunked = headers.iter().any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked { dechunk(rest) } else { rest.to_string() };
+    HttpReply { status, headers, body }
 }
 
 fn dechunk(mut rest: &str) -> String {

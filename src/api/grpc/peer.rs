@@ -3,11 +3,16 @@
 //! One lazily connected HTTP/2 channel per peer address is kept and reused for every call (tonic
 //! multiplexes concurrent calls on it). Each call carries its own deadline, sized by openraft (the
 //! heartbeat-based TTL) or by the cluster layer (the write budget).
+//!
+//! A call made while serving a client request (a forwarded write, a read-index call) carries that request's id as
+//! `x-request-id` metadata ([`request_id`]); the receiving replica serves it in the same request scope, so both
+//! replicas log the same `request_id`. Replicas that do not know the key ignore it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
@@ -15,7 +20,7 @@ use super::peer_pb::raft_peer_client::RaftPeerClient;
 use super::peer_pb::raft_peer_server::{RaftPeer, RaftPeerServer};
 use super::peer_pb::PeerPayload;
 use super::MAX_PEER_MESSAGE_BYTES;
-use crate::cluster::ReplicaNode;
+use crate::cluster::{request_id, ReplicaNode};
 use crate::raft::network::BoxFuture;
 use crate::raft::{Node, NodeId, PeerCall, PeerTransport, TransportError};
 
@@ -80,12 +85,17 @@ impl PeerTransport for GrpcTransport {
         timeout: Duration,
     ) -> BoxFuture<Result<Vec<u8>, TransportError>> {
         let channel = self.channel(&node.raft_addr);
+        // Read here, in the caller's task: the returned future may be polled anywhere.
+        let request_id = request_id::current().and_then(|id| id.parse::<MetadataValue<Ascii>>().ok());
         Box::pin(async move {
             let mut client = RaftPeerClient::new(channel?)
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
             let mut request = Request::new(PeerPayload { data: payload });
             request.set_timeout(timeout);
+            if let Some(id) = request_id {
+                request.metadata_mut().insert(request_id::HEADER, id);
+            }
             let reply = tokio::time::timeout(timeout, async {
                 match call {
                     PeerCall::AppendEntries => client.append_entries(request).await,
@@ -117,8 +127,14 @@ pub fn server(node: Arc<ReplicaNode>) -> RaftPeerServer<PeerService> {
 
 impl PeerService {
     async fn serve(&self, call: PeerCall, request: Request<PeerPayload>) -> Result<Response<PeerPayload>, Status> {
+        let id = request.metadata().get(request_id::HEADER).and_then(|v| v.to_str().ok());
+        let id = id.filter(|id| request_id::is_valid(id)).map(str::to_string);
         let payload = request.into_inner().data;
-        match self.node.serve_peer_call(call, &payload).await {
+        let served = match id {
+            Some(id) => request_id::scope(id, self.node.serve_peer_call(call, &payload)).await,
+            None => self.node.serve_peer_call(call, &payload).await,
+        };
+        match served {
             Ok(data) => Ok(Response::new(PeerPayload { data })),
             Err(e) => Err(Status::invalid_argument(e.to_string())),
         }

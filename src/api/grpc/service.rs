@@ -1,14 +1,27 @@
 //! The client API service, `jobmanager.v1.JobManager`: protobuf in, Dispatcher call, protobuf out.
+//!
+//! Every call runs in a `request{node_id, request_id, rpc}` span and [`request_id::scope`]: the id is the caller's
+//! `x-request-id` metadata if it sent a sane one (printable ASCII, at most 64 characters), else a fresh one, and is
+//! echoed in the reply's (or error's) `x-request-id` metadata. Writes forwarded to the leader carry it, so the
+//! leader's log lines for the call share it. One line per call at completion, with its gRPC code and latency: at
+//! info for control-plane writes (submit, cancel, savepoints, compaction), at debug for reads, job-metadata puts
+//! and TaskManager calls when they succeed (they come at high rates: polling, benchmarks, heartbeats), at info for
+//! a client error and at warn for a server-side one.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
-use tonic::{Request, Response, Status};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 
 use super::convert;
 use super::pb;
 use super::pb::job_manager_server::{JobManager, JobManagerServer};
 use super::taskmanager::{decode_job_manager_request, encode_job_manager_reply};
 use super::MAX_CLIENT_MESSAGE_BYTES;
+use crate::cluster::request_id;
 use crate::dispatcher::Dispatcher;
 use crate::taskmanager::protocol::JobManagerHandler;
 
@@ -29,126 +42,207 @@ pub fn server(
         .max_encoding_message_size(64 * 1024 * 1024)
 }
 
+/// How a call's completion is logged when it succeeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loud {
+    /// A control-plane write: info.
+    Write,
+    /// A read, a bulk write or a TaskManager call: debug.
+    Quiet,
+}
+
 impl JobManagerService {
     fn id(&self) -> u64 {
         self.dispatcher.node().id
     }
+
+    /// Serves one call with `handler` in the request's span and id scope, logs its completion, and echoes the id.
+    async fn traced<Req, Rep, Fut>(
+        &self,
+        rpc: &'static str,
+        loud: Loud,
+        request: Request<Req>,
+        handler: impl FnOnce(Req) -> Fut,
+    ) -> Result<Response<Rep>, Status>
+    where
+        Fut: Future<Output = Result<Response<Rep>, Status>>,
+    {
+        let supplied = request.metadata().get(request_id::HEADER).and_then(|v| v.to_str().ok());
+        let id = request_id::from_client(supplied);
+        let span = tracing::info_span!("request", node_id = self.id(), request_id = %id, rpc);
+        let started = Instant::now();
+        let served = async move {
+            let outcome = handler(request.into_inner()).await;
+            let latency_ms = request_id::latency_ms(started);
+            match &outcome {
+                Ok(_) if loud == Loud::Write => tracing::info!(code = "OK", latency_ms, "request finished"),
+                Ok(_) => tracing::debug!(code = "OK", latency_ms, "request finished"),
+                Err(s) if server_side(s.code()) => {
+                    tracing::warn!(code = ?s.code(), error = s.message(), latency_ms, "request failed")
+                }
+                Err(s) => tracing::info!(code = ?s.code(), error = s.message(), latency_ms, "request failed"),
+            }
+            outcome
+        };
+        let outcome = request_id::scope(id.clone(), served).instrument(span).await;
+        let echo: Option<MetadataValue<Ascii>> = id.parse().ok();
+        match (outcome, echo) {
+            (Ok(mut reply), Some(echo)) => {
+                reply.metadata_mut().insert(request_id::HEADER, echo);
+                Ok(reply)
+            }
+            (Err(mut status), Some(echo)) => {
+                status.metadata_mut().insert(request_id::HEADER, echo);
+                Err(status)
+            }
+            (outcome, None) => outcome,
+        }
+    }
+}
+
+/// True for the codes that say the server, not the request, is at fault.
+fn server_side(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::Internal | Code::Unknown | Code::DeadlineExceeded | Code::DataLoss)
 }
 
 #[tonic::async_trait]
 impl JobManager for JobManagerService {
     async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobReply>, Status> {
-        let r = request.into_inner();
-        let submitted = self.dispatcher.submit(&r.spec, &r.idempotency_key).await?;
-        Ok(Response::new(pb::SubmitJobReply {
-            job_id: submitted.job_id,
-            created: submitted.created,
-            write: Some(convert::write_info(self.id(), &submitted.written)),
-        }))
+        self.traced("SubmitJob", Loud::Write, request, |r| async move {
+            let submitted = self.dispatcher.submit(&r.spec, &r.idempotency_key).await?;
+            Ok(Response::new(pb::SubmitJobReply {
+                job_id: submitted.job_id,
+                created: submitted.created,
+                write: Some(convert::write_info(self.id(), &submitted.written)),
+            }))
+        })
+        .await
     }
 
     async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobReply>, Status> {
-        let r = request.into_inner();
-        let (status, written) = self.dispatcher.cancel(&r.job_id).await?;
-        Ok(Response::new(pb::CancelJobReply {
-            job_id: r.job_id,
-            status: status.as_flink_str().to_string(),
-            write: Some(convert::write_info(self.id(), &written)),
-        }))
+        self.traced("CancelJob", Loud::Write, request, |r| async move {
+            let (status, written) = self.dispatcher.cancel(&r.job_id).await?;
+            Ok(Response::new(pb::CancelJobReply {
+                job_id: r.job_id,
+                status: status.as_flink_str().to_string(),
+                write: Some(convert::write_info(self.id(), &written)),
+            }))
+        })
+        .await
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobReply>, Status> {
-        let r = request.into_inner();
-        let (job, read) = self.dispatcher.get(&r.job_id, convert::consistency(r.consistency)).await?;
-        Ok(Response::new(pb::GetJobReply { job: Some(convert::job(&job)), read: Some(convert::read_info(&read)) }))
+        self.traced("GetJob", Loud::Quiet, request, |r| async move {
+            let (job, read) = self.dispatcher.get(&r.job_id, convert::consistency(r.consistency)).await?;
+            Ok(Response::new(pb::GetJobReply { job: Some(convert::job(&job)), read: Some(convert::read_info(&read)) }))
+        })
+        .await
     }
 
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsReply>, Status> {
-        let r = request.into_inner();
-        let (jobs, read) = self.dispatcher.list(convert::consistency(r.consistency), convert::job_summary).await?;
-        Ok(Response::new(pb::ListJobsReply { jobs, read: Some(convert::read_info(&read)) }))
+        self.traced("ListJobs", Loud::Quiet, request, |r| async move {
+            let (jobs, read) = self.dispatcher.list(convert::consistency(r.consistency), convert::job_summary).await?;
+            Ok(Response::new(pb::ListJobsReply { jobs, read: Some(convert::read_info(&read)) }))
+        })
+        .await
     }
 
     async fn put_job_metadata(
         &self,
         request: Request<pb::PutJobMetadataRequest>,
     ) -> Result<Response<pb::PutJobMetadataReply>, Status> {
-        let r = request.into_inner();
-        let written = self.dispatcher.put_metadata(&r.job_id, &r.key, r.value).await?;
-        Ok(Response::new(pb::PutJobMetadataReply { write: Some(convert::write_info(self.id(), &written)) }))
+        self.traced("PutJobMetadata", Loud::Quiet, request, |r| async move {
+            let written = self.dispatcher.put_metadata(&r.job_id, &r.key, r.value).await?;
+            Ok(Response::new(pb::PutJobMetadataReply { write: Some(convert::write_info(self.id(), &written)) }))
+        })
+        .await
     }
 
     async fn get_job_metadata(
         &self,
         request: Request<pb::GetJobMetadataRequest>,
     ) -> Result<Response<pb::GetJobMetadataReply>, Status> {
-        let r = request.into_inner();
-        let (value, read) =
-            self.dispatcher.get_metadata(&r.job_id, &r.key, convert::consistency(r.consistency)).await?;
-        Ok(Response::new(pb::GetJobMetadataReply { value, read: Some(convert::read_info(&read)) }))
+        self.traced("GetJobMetadata", Loud::Quiet, request, |r| async move {
+            let (value, read) =
+                self.dispatcher.get_metadata(&r.job_id, &r.key, convert::consistency(r.consistency)).await?;
+            Ok(Response::new(pb::GetJobMetadataReply { value, read: Some(convert::read_info(&read)) }))
+        })
+        .await
     }
 
     async fn cluster_status(
         &self,
-        _request: Request<pb::ClusterStatusRequest>,
+        request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusReply>, Status> {
-        let node = self.dispatcher.node();
-        let members = node.members();
-        let statuses = node.cluster_status().await;
-        let replicas = statuses
-            .iter()
-            .map(|(id, s)| convert::replica_status(*id, s.as_ref().map_err(|e| e.to_string()), members.get(id)))
-            .collect();
-        let m = node.metrics();
-        Ok(Response::new(pb::ClusterStatusReply {
-            served_by: node.id,
-            leader: m.current_leader,
-            term: m.current_term,
-            replicas,
-        }))
+        self.traced("ClusterStatus", Loud::Quiet, request, |_| async move {
+            let node = self.dispatcher.node();
+            let members = node.members();
+            let statuses = node.cluster_status().await;
+            let replicas = statuses
+                .iter()
+                .map(|(id, s)| convert::replica_status(*id, s.as_ref().map_err(|e| e.to_string()), members.get(id)))
+                .collect();
+            let m = node.metrics();
+            Ok(Response::new(pb::ClusterStatusReply {
+                served_by: node.id,
+                leader: m.current_leader,
+                term: m.current_term,
+                replicas,
+            }))
+        })
+        .await
     }
 
-    async fn compact(&self, _request: Request<pb::CompactRequest>) -> Result<Response<pb::CompactReply>, Status> {
-        let node = self.dispatcher.node();
-        let (snapshot_index, purged_index) = node.compact(std::time::Duration::from_secs(60)).await?;
-        Ok(Response::new(pb::CompactReply { served_by: node.id, snapshot_index, purged_index }))
+    async fn compact(&self, request: Request<pb::CompactRequest>) -> Result<Response<pb::CompactReply>, Status> {
+        self.traced("Compact", Loud::Write, request, |_| async move {
+            let node = self.dispatcher.node();
+            let (snapshot_index, purged_index) = node.compact(std::time::Duration::from_secs(60)).await?;
+            Ok(Response::new(pb::CompactReply { served_by: node.id, snapshot_index, purged_index }))
+        })
+        .await
     }
 
     async fn trigger_savepoint(
         &self,
         request: Request<pb::TriggerSavepointRequest>,
     ) -> Result<Response<pb::TriggerSavepointReply>, Status> {
-        let r = request.into_inner();
-        let target_dir = Some(r.target_dir);
-        let request_id = Some(r.request_id);
-        let (request_id, written) =
-            self.dispatcher.trigger_savepoint(&r.job_id, target_dir, r.terminate, request_id).await?;
-        Ok(Response::new(pb::TriggerSavepointReply {
-            request_id,
-            write: Some(convert::write_info(self.id(), &written)),
-        }))
+        self.traced("TriggerSavepoint", Loud::Write, request, |r| async move {
+            let target_dir = Some(r.target_dir);
+            let request_id = Some(r.request_id);
+            let (request_id, written) =
+                self.dispatcher.trigger_savepoint(&r.job_id, target_dir, r.terminate, request_id).await?;
+            Ok(Response::new(pb::TriggerSavepointReply {
+                request_id,
+                write: Some(convert::write_info(self.id(), &written)),
+            }))
+        })
+        .await
     }
 
     async fn get_savepoint(
         &self,
         request: Request<pb::GetSavepointRequest>,
     ) -> Result<Response<pb::GetSavepointReply>, Status> {
-        let r = request.into_inner();
-        let consistency = convert::consistency(r.consistency);
-        let (savepoint, read) = self.dispatcher.get_savepoint(&r.job_id, &r.request_id, consistency).await?;
-        Ok(Response::new(convert::savepoint_request(&savepoint, &read)))
+        self.traced("GetSavepoint", Loud::Quiet, request, |r| async move {
+            let consistency = convert::consistency(r.consistency);
+            let (savepoint, read) = self.dispatcher.get_savepoint(&r.job_id, &r.request_id, consistency).await?;
+            Ok(Response::new(convert::savepoint_request(&savepoint, &read)))
+        })
+        .await
     }
 
     async fn list_task_managers(
         &self,
         request: Request<pb::ListTaskManagersRequest>,
     ) -> Result<Response<pb::ListTaskManagersReply>, Status> {
-        let r = request.into_inner();
-        let (tms, read) = self.dispatcher.task_managers(convert::consistency(r.consistency)).await?;
-        Ok(Response::new(pb::ListTaskManagersReply {
-            task_managers: tms.iter().map(|(tm, free)| convert::task_manager(tm, *free)).collect(),
-            read: Some(convert::read_info(&read)),
-        }))
+        self.traced("ListTaskManagers", Loud::Quiet, request, |r| async move {
+            let (tms, read) = self.dispatcher.task_managers(convert::consistency(r.consistency)).await?;
+            Ok(Response::new(pb::ListTaskManagersReply {
+                task_managers: tms.iter().map(|(tm, free)| convert::task_manager(tm, *free)).collect(),
+                read: Some(convert::read_info(&read)),
+            }))
+        })
+        .await
     }
 
     async fn get_job_runtime(
@@ -173,8 +267,11 @@ impl JobManager for JobManagerService {
         &self,
         request: Request<pb::TaskManagerEnvelope>,
     ) -> Result<Response<pb::TaskManagerEnvelope>, Status> {
-        let message = decode_job_manager_request(&request.into_inner().payload)?;
-        let reply = self.task_managers.handle(message).await;
-        Ok(Response::new(pb::TaskManagerEnvelope { payload: encode_job_manager_reply(&reply) }))
+        self.traced("TaskManagerCall", Loud::Quiet, request, |r| async move {
+            let message = decode_job_manager_request(&r.payload)?;
+            let reply = self.task_managers.handle(message).await;
+            Ok(Response::new(pb::TaskManagerEnvelope { payload: encode_job_manager_reply(&reply) }))
+        })
+        .await
     }
 }

@@ -14,6 +14,15 @@
 //! checkpoint chart, status timeline and exceptions, TaskManagers, and submit/cancel/savepoint/stop with
 //! confirmation).
 //!
+//! Every request runs in a `request{node_id, request_id, method, path}` span and [`request_id::scope`]:
+//! the id is the client's `x-request-id` header if it is sane (printable ASCII without spaces, at most 64
+//! characters), else a fresh 16-hex-digit one, and the response echoes it in `x-request-id`. A write that reaches a
+//! follower is forwarded to the leader with the id, and the leader logs it in a span with the same `request_id`, so
+//! `grep '"request_id":"ID"'` over the replicas' JSON logs follows the request. One line per request at completion,
+//! with status and latency: at info for writes and for client errors, at warn for server errors (5xx), and at debug
+//! for successful reads (`GET`), which the dashboard, Prometheus and the Flink UI poll every few seconds
+//! (`RUST_LOG=info,jobmanager::api=debug` shows them).
+//!
 //! What exists here so far: cluster and job overviews, job details, status, configuration, exceptions and
 //! checkpoints, TaskManagers, cancel, savepoints, stop-with-savepoint and submission (a spec as JSON or YAML),
 //! plus our own `/cluster`. Per-subtask state, records and throughput (`/jobs/:id/vertices/:vid`, and the vertex
@@ -29,17 +38,19 @@ pub mod taskmanager;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 pub use error::RestError;
 
-use crate::cluster::Consistency;
+use crate::cluster::{request_id, Consistency};
 use crate::dispatcher::Dispatcher;
 
 /// The largest request body accepted (a 1 MiB job spec plus some room).
@@ -52,6 +63,7 @@ pub type Settings = Arc<Vec<(String, String)>>;
 
 /// The REST API's routes, under `/` and `/v1/`.
 pub fn router(dispatcher: Dispatcher, settings: Settings) -> Router {
+    let node_id = dispatcher.node().id;
     let routes = Router::new()
         .route("/config", get(config))
         .route("/overview", get(overview))
@@ -84,6 +96,35 @@ pub fn router(dispatcher: Dispatcher, settings: Settings) -> Router {
         .merge(metrics)
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(node_id, trace_request))
+}
+
+/// Runs a request in its span and id scope, logs its completion and echoes its id (see the module docs).
+async fn trace_request(State(node_id): State<u64>, request: Request, next: Next) -> Response {
+    let supplied = request.headers().get(request_id::HEADER).and_then(|v| v.to_str().ok());
+    let id = request_id::from_client(supplied);
+    let method = request.method().clone();
+    let path = request.uri().path_and_query().map_or_else(|| request.uri().path(), |p| p.as_str()).to_string();
+    let span = tracing::info_span!("request", node_id, request_id = %id, method = %method, path = %path);
+    let read = method == Method::GET || method == Method::HEAD;
+    let started = std::time::Instant::now();
+    let served = async move {
+        let response = next.run(request).await;
+        let (status, latency_ms) = (response.status().as_u16(), request_id::latency_ms(started));
+        if response.status().is_server_error() {
+            tracing::warn!(status, latency_ms, "request failed");
+        } else if read && !response.status().is_client_error() {
+            tracing::debug!(status, latency_ms, "request finished");
+        } else {
+            tracing::info!(status, latency_ms, "request finished");
+        }
+        response
+    };
+    let mut response = request_id::scope(id.clone(), served).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(request_id::HEADER, value);
+    }
+    response
 }
 
 /// Serves the REST API on `listener` until `shutdown` resolves.
