@@ -63,6 +63,18 @@ async fn job_and_cluster_commands_work_against_any_replica() {
     let out = run(&["job", "wait", &job_id, "--state", "RUNNING", "--timeout", "10"], &addrs);
     assert_one_line_error(&out, "ended CANCELED instead of reaching RUNNING");
 
+    // A savepoint directory (anything holding `_metadata`) disposed of through a follower; then nothing is there.
+    let savepoint = cluster.dir.path().join("savepoints").join("savepoint-000000-1");
+    std::fs::create_dir_all(&savepoint).unwrap();
+    std::fs::write(savepoint.join("_metadata"), b"{}").unwrap();
+    let out = run(&["job", "dispose-savepoint", savepoint.to_str().unwrap(), "-o", "json"], &addrs);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let disposed: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(disposed["status"], "COMPLETED", "{disposed}");
+    assert!(!savepoint.exists());
+    let out = run(&["job", "dispose-savepoint", savepoint.to_str().unwrap()], &addrs);
+    assert_one_line_error(&out, &format!("no savepoint or checkpoint at {}", savepoint.display()));
+
     let out = run(&["cluster", "members", "-o", "json"], &addrs);
     let members: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(members["leader"], leader);

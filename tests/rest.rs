@@ -140,6 +140,7 @@ async fn flink_rest_paths_work_on_every_replica() {
     let done = wait_for(&via_other, &path, "completed", |s| s["status"]["id"] == "COMPLETED").await;
     let location = done["operation"]["location"].as_str().unwrap();
     assert!(std::path::Path::new(location).join("_metadata").exists(), "{done}");
+    savepoint_disposal(&via_follower, &via_other, &job_id, location, &body).await;
 
     let (status, stop) = http(&via_other, "POST", &format!("/jobs/{job_id}/stop"), Some("{}")).await;
     assert_eq!(status, 202, "{stop}");
@@ -174,7 +175,7 @@ async fn flink_rest_paths_work_on_every_replica() {
     let (_, values) = http(&via_follower, "GET", &format!("/jobmanager/metrics?get={term_id}"), None).await;
     assert!(values[0]["value"].as_str().unwrap().parse::<f64>().unwrap() >= 1.0, "{values}");
     let (_, openapi) = http(&via_follower, "GET", "/openapi.json", None).await;
-    let paths = [
+    let documented = [
         "/overview",
         "/jobs/{jobid}",
         "/jobs/{jobid}/vertices/{vertexid}",
@@ -182,9 +183,53 @@ async fn flink_rest_paths_work_on_every_replica() {
         "/cluster",
         "/metrics",
     ];
-    for path in paths {
+    let disposal = ["/savepoint-disposal", "/savepoint-disposal/{triggerid}"];
+    for path in documented.into_iter().chain(disposal) {
         assert!(openapi["paths"].get(path).is_some(), "{path} missing from /openapi.json");
     }
+}
+
+/// Flink's savepoint disposal, with the job of `flink_rest_paths_work_on_every_replica` running and `savepoint` one of
+/// its savepoints: a savepoint a running job restores from is refused, a path with nothing is unknown, and a savepoint
+/// disposed of through a follower is deleted by the leader, with the status readable on every replica.
+async fn savepoint_disposal(via_follower: &str, via_other: &str, job_id: &str, savepoint: &str, trigger: &str) {
+    // A second job restoring from the savepoint: until it ends, the savepoint is not disposable.
+    let restoring = format!("{JOB}savepoint: {{path: {savepoint}}}\n");
+    let (status, body) = http(via_follower, "POST", "/jobs", Some(&restoring)).await;
+    assert_eq!(status, 202, "{body}");
+    let restoring_id = body["jobid"].as_str().unwrap().to_string();
+    let dispose = |path: &str| format!(r#"{{"savepoint-path": "{path}"}}"#);
+    let (status, error) = http(via_follower, "POST", "/savepoint-disposal", Some(&dispose(savepoint))).await;
+    assert_eq!(status, 409, "{error}");
+    assert!(error["errors"][0].as_str().unwrap().contains(&restoring_id), "{error}");
+    assert!(std::path::Path::new(savepoint).join("_metadata").exists());
+    let (status, _) = http(via_other, "PATCH", &format!("/jobs/{restoring_id}?mode=cancel"), None).await;
+    assert_eq!(status, 202);
+    wait_for(via_other, &format!("/jobs/{restoring_id}"), "cancelled", |j| j["state"] == "CANCELED").await;
+
+    // Nothing there: 404 naming the path, in Flink's error shape.
+    let missing = format!("{savepoint}-does-not-exist");
+    let (status, error) = http(via_follower, "POST", "/v1/savepoint-disposal", Some(&dispose(&missing))).await;
+    assert_eq!(status, 404, "{error}");
+    assert!(error["errors"][0].as_str().unwrap().contains(&missing), "{error}");
+    let (status, error) = http(via_follower, "GET", "/savepoint-disposal/0123456789abcdef", None).await;
+    assert_eq!(status, 404, "{error}");
+
+    // A fresh savepoint of the running job, disposed of through a follower: the leader deletes it.
+    let (status, triggered) = http(via_other, "POST", &format!("/jobs/{job_id}/savepoints"), Some(trigger)).await;
+    assert_eq!(status, 202, "{triggered}");
+    let path = format!("/jobs/{job_id}/savepoints/{}", triggered["request-id"].as_str().unwrap());
+    let done = wait_for(via_other, &path, "completed", |s| s["status"]["id"] == "COMPLETED").await;
+    let second = done["operation"]["location"].as_str().unwrap().to_string();
+    let (status, disposal) = http(via_follower, "POST", "/savepoint-disposal", Some(&dispose(&second))).await;
+    assert_eq!(status, 200, "{disposal}");
+    let trigger_id = disposal["request-id"].as_str().unwrap();
+    let status_path = format!("/savepoint-disposal/{trigger_id}");
+    let done = wait_for(via_follower, &status_path, "disposed", |s| s["status"]["id"] == "COMPLETED").await;
+    assert_eq!(done["operation"], serde_json::json!({}), "{done}");
+    assert!(!std::path::Path::new(&second).exists(), "{second} still exists after {done}");
+    let (status, seen) = http(via_other, "GET", &format!("/v1{status_path}"), None).await;
+    assert_eq!((status, &seen), (200, &done));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

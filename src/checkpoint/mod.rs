@@ -15,6 +15,9 @@
 //! * [`storage`]: the directory layout (`<dir>/<job>/chk-<id>/_metadata`, `savepoint-<job>-<id>`) and the
 //!   metadata file, written atomically so that a directory with `_metadata` is always a whole checkpoint.
 //!
+//! It also owns savepoint disposal ([`disposal`]): the checks a disposal request must pass, and the leader-only
+//! service that deletes the directories of requested disposals and commits their outcome.
+//!
 //! What it does not own: allocating checkpoint ids and committing checkpoints (Raft commands, proposed by the
 //! JobMaster), talking to TaskManagers (the JobMaster), and discarding superseded checkpoints beyond `retained`
 //! (the JobMaster, after the commit, with [`storage::discard`]).
@@ -24,6 +27,7 @@
 //! ignored), and [`Coordinator::trigger_soon`] gets the adopted job a fresh checkpoint promptly.
 
 pub mod coordinator;
+pub mod disposal;
 pub mod storage;
 
 pub use coordinator::{

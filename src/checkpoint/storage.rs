@@ -24,7 +24,8 @@
 //!   here checks that.
 //! * Job ids are trusted to be path-safe (the dispatcher only issues 32 lowercase hex characters).
 //! * Only this module does I/O among the checkpoint components; it is synchronous, so async callers run it on a
-//!   blocking thread (`tokio::task::spawn_blocking`).
+//!   blocking thread (`tokio::task::spawn_blocking`). That includes what savepoint disposal needs: [`inspect`] (is
+//!   this a checkpoint?), [`same_dir`] and [`dispose`].
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -258,6 +259,65 @@ pub fn discard(dir: &Path) -> Result<(), StorageError> {
     }
 }
 
+/// What is at a path that should hold a checkpoint or savepoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing: the path does not exist.
+    Nothing,
+    /// Something that is not a completed checkpoint or savepoint: a file, or a directory without `_metadata`.
+    NotCompleted,
+    /// A directory holding `_metadata`: a completed checkpoint or savepoint.
+    Completed,
+}
+
+/// Looks at what `dir` holds, without reading the metadata (a corrupt `_metadata` still marks a checkpoint).
+pub fn inspect(dir: &Path) -> Result<Found, StorageError> {
+    let missing = |e: &io::Error| matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory);
+    match fs::metadata(dir) {
+        Err(e) if missing(&e) => return Ok(Found::Nothing),
+        Err(source) => return Err(StorageError::Io { action: "inspect", path: dir.into(), source }),
+        Ok(meta) if !meta.is_dir() => return Ok(Found::NotCompleted),
+        Ok(_) => {}
+    }
+    let path = metadata_path(dir);
+    match fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => Ok(Found::Completed),
+        Ok(_) => Ok(Found::NotCompleted),
+        Err(e) if missing(&e) => Ok(Found::NotCompleted),
+        Err(source) => Err(StorageError::Io { action: "inspect", path, source }),
+    }
+}
+
+/// Whether two paths name the same directory: equal once `.` components and repeated or trailing slashes are
+/// ignored, or resolving to the same place (through symbolic links) on this file system.
+pub fn same_dir(a: &Path, b: &Path) -> bool {
+    if a.components().eq(b.components()) {
+        return true;
+    }
+    match (fs::canonicalize(a), fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Deletes a savepoint or checkpoint directory on a user's request: [`discard`], tolerating another process that
+/// deletes the same directory at the same time (a deposed leader whose deletion still runs). A failed removal counts
+/// as done when the directory is gone afterwards.
+pub fn dispose(dir: &Path) -> Result<(), StorageError> {
+    const ATTEMPTS: u32 = 3;
+    let mut attempt = 1;
+    loop {
+        let Err(e) = discard(dir) else { return Ok(()) };
+        if matches!(fs::symlink_metadata(dir), Err(gone) if gone.kind() == io::ErrorKind::NotFound) {
+            return Ok(());
+        }
+        if attempt >= ATTEMPTS {
+            return Err(e);
+        }
+        attempt += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,6 +408,46 @@ mod tests {
         let err = read_metadata(tmp.path()).unwrap_err();
         assert!(matches!(err, StorageError::UnsupportedVersion { found: 2, .. }), "{err:?}");
         assert!(err.to_string().contains("metadata version 2, but this build reads only version 1"), "{err}");
+    }
+
+    #[test]
+    fn inspect_tells_a_checkpoint_from_anything_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = savepoint_dir(tmp.path(), "0123456789abcdef0123456789abcdef", 4);
+        assert_eq!(inspect(&dir).unwrap(), Found::Nothing);
+        fs::create_dir_all(&dir).unwrap();
+        assert_eq!(inspect(&dir).unwrap(), Found::NotCompleted);
+        write_metadata(&dir, &metadata()).unwrap();
+        assert_eq!(inspect(&dir).unwrap(), Found::Completed);
+        assert_eq!(inspect(&metadata_path(&dir)).unwrap(), Found::NotCompleted, "a file is no checkpoint");
+        assert_eq!(inspect(&metadata_path(&dir).join("below")).unwrap(), Found::Nothing);
+    }
+
+    #[test]
+    fn same_dir_ignores_spelling_and_follows_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(same_dir(Path::new("/sp/a/"), Path::new("/sp//./a")));
+        assert!(!same_dir(Path::new("/sp/a"), Path::new("/sp/b")));
+        let real = tmp.path().join("real");
+        fs::create_dir_all(&real).unwrap();
+        #[cfg(unix)]
+        {
+            let link = tmp.path().join("link");
+            std::os::unix::fs::symlink(&real, &link).unwrap();
+            assert!(same_dir(&link, &real));
+        }
+    }
+
+    #[test]
+    fn dispose_deletes_the_directory_and_accepts_one_already_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = savepoint_dir(tmp.path(), "0123456789abcdef0123456789abcdef", 4);
+        write_metadata(&dir, &metadata()).unwrap();
+        fs::write(dir.join("src-0"), b"state").unwrap();
+        dispose(&dir).unwrap();
+        assert_eq!(inspect(&dir).unwrap(), Found::Nothing);
+        dispose(&dir).unwrap();
+        assert!(tmp.path().exists(), "only the savepoint's own directory goes");
     }
 
     #[test]

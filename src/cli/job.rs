@@ -1,4 +1,4 @@
-//! `jm job submit|list|get|cancel|savepoint|stop` and `jm taskmanagers`.
+//! `jm job submit|list|get|cancel|savepoint|wait|stop|dispose-savepoint` and `jm taskmanagers`.
 
 use std::path::PathBuf;
 
@@ -158,6 +158,25 @@ pub enum JobCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Delete a savepoint (or a retained checkpoint of an ended job) and wait until it is gone.
+    ///
+    /// The replica checks that the path holds a savepoint that no job still going restores from; the leader then
+    /// deletes the directory (if that leader dies first, the next one does).
+    #[command(after_help = "Examples:\n  \
+        jm job dispose-savepoint /shared/savepoints/savepoint-6f1c2a-7\n  \
+        jm job dispose-savepoint /shared/savepoints/savepoint-6f1c2a-7 --no-wait -o json")]
+    DisposeSavepoint {
+        /// The savepoint's directory, as `jm job savepoint` printed it.
+        path: String,
+        /// Return once the request is recorded instead of waiting for the directory to be deleted.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Stop a job with a savepoint (it ends FINISHED) and print the savepoint's path, to restore from later.
     #[command(after_long_help = super::examples(STOP_EXAMPLES))]
     Stop {
@@ -258,6 +277,9 @@ pub async fn run(cmd: JobCommand) -> Result<()> {
             savepoint(id, dir, false, !no_wait, timeout, client).await?;
         }
         JobCommand::Wait { id, state, timeout, client } => wait(id, state, timeout, client).await?,
+        JobCommand::DisposeSavepoint { path, no_wait, timeout, client } => {
+            dispose_savepoint(path, !no_wait, timeout, client).await?;
+        }
         JobCommand::Stop { id, dir, timeout, client } => {
             savepoint(id, dir, true, true, timeout, client).await?;
         }
@@ -332,6 +354,53 @@ async fn savepoint(
             "FAILED" => anyhow::bail!("savepoint of job {id} failed: {}", reply.error),
             _ if tokio::time::Instant::now() >= deadline => {
                 anyhow::bail!("savepoint {request_id} of job {id} still in progress after {timeout} s")
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Asks for a savepoint's disposal and waits for its outcome.
+async fn dispose_savepoint(path: String, wait: bool, timeout: u64, client: ClientArgs) -> Result<()> {
+    let cluster = client.client();
+    let request = pb::DisposeSavepointRequest { path: path.clone() };
+    let reply = cluster
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.dispose_savepoint(request).await }
+        })
+        .await?;
+    let request_id = reply.request_id;
+    if !wait {
+        match client.output {
+            Format::Json => print_json(&json!({"path": path, "request_id": request_id, "status": "IN_PROGRESS"})),
+            Format::Table => println!("Disposal {request_id} of savepoint {path} requested."),
+        }
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    loop {
+        let query = pb::GetSavepointDisposalRequest { request_id: request_id.clone(), consistency: 0 };
+        let reply = cluster
+            .call(|mut c| {
+                let query = query.clone();
+                async move { c.get_savepoint_disposal(query).await }
+            })
+            .await?;
+        match reply.status.as_str() {
+            "COMPLETED" => {
+                match client.output {
+                    Format::Json => print_json(&json!({
+                        "path": path, "request_id": request_id, "status": "COMPLETED",
+                        "job_id": if reply.job_id.is_empty() { Value::Null } else { Value::String(reply.job_id) },
+                    })),
+                    Format::Table => println!("Savepoint {path} disposed of."),
+                }
+                return Ok(());
+            }
+            "FAILED" => anyhow::bail!("disposal of savepoint {path} failed: {}", reply.error),
+            _ if tokio::time::Instant::now() >= deadline => {
+                anyhow::bail!("disposal {request_id} of savepoint {path} still in progress after {timeout} s")
             }
             _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
         }

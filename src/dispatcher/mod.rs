@@ -1,6 +1,7 @@
 //! The Dispatcher: the entry point for jobs. It validates a job spec before anything is written, turns
 //! client requests into replicated commands (stamped with the proposer's clock and a fresh job id), and
-//! serves job reads at the consistency the client asks for.
+//! serves job reads at the consistency the client asks for. It also checks savepoint disposals before they are
+//! committed (the path holds a checkpoint or savepoint no live job depends on; see [`crate::checkpoint::disposal`]).
 //!
 //! Every client API (gRPC now, REST later) calls this, so validation and id generation live in one
 //! place. It runs on every replica: writes go through [`ReplicaNode::write`], which forwards to the
@@ -13,11 +14,13 @@ use rand::Rng;
 
 pub use crate::jobgraph::MAX_SPEC_BYTES;
 
+use crate::checkpoint::disposal::PathUses;
+use crate::checkpoint::storage::{self, Found};
 use crate::cluster::{ClusterError, Consistency, ReadInfo, ReplicaNode, Written};
 use crate::jobgraph::{self, SpecError};
 use crate::leader::runtime::JobRuntime;
-use crate::raft::command::MAX_METADATA_VALUE_BYTES;
-use crate::raft::state::{Job, SavepointRequest, TaskManagerInfo};
+use crate::raft::command::{MAX_METADATA_VALUE_BYTES, MAX_PATH_BYTES};
+use crate::raft::state::{Job, SavepointDisposal, SavepointRequest, TaskManagerInfo};
 use crate::raft::{Command, JobId, JobStatus, Response};
 use crate::taskmanager::protocol::BoxFuture;
 
@@ -53,6 +56,37 @@ pub enum DispatchError {
         job_id: String,
         /// The request id asked for.
         request_id: String,
+    },
+    /// Nothing is at the path of a savepoint to dispose of.
+    #[error("no savepoint or checkpoint at {path}: the path does not exist on replica {replica}")]
+    SavepointPathNotFound {
+        /// The path asked for.
+        path: String,
+        /// The replica that looked.
+        replica: u64,
+    },
+    /// A job that is still going depends on the savepoint to dispose of.
+    #[error(
+        "cannot dispose of {path}: job {job_id}, which is {status}, depends on it ({role}); \
+         dispose of it once the job ended"
+    )]
+    SavepointInUse {
+        /// The path asked for.
+        path: String,
+        /// The job.
+        job_id: String,
+        /// Its status.
+        status: JobStatus,
+        /// What the path is to the job.
+        role: &'static str,
+    },
+    /// No such savepoint disposal.
+    #[error("there is no savepoint disposal {request_id} (only the {max} most recent are kept)")]
+    DisposalNotFound {
+        /// The request id asked for.
+        request_id: String,
+        /// How many disposals are kept.
+        max: usize,
     },
     /// The cluster could not serve it.
     #[error(transparent)]
@@ -278,6 +312,79 @@ impl Dispatcher {
                 Err(DispatchError::SavepointNotFound { job_id: job_id.to_string(), request_id: request_id.to_string() })
             }
         }
+    }
+
+    /// Checks that `path` holds a savepoint (or retained checkpoint) that no job still going depends on, and asks the
+    /// leader to delete it; returns the request id to poll with [`Dispatcher::get_savepoint_disposal`].
+    pub async fn dispose_savepoint(&self, path: &str) -> Result<(String, Written), DispatchError> {
+        let invalid = |reason: String| DispatchError::InvalidArgument { field: "savepoint-path", reason };
+        if path.trim().is_empty() {
+            return Err(invalid("is empty; give the savepoint's directory, as `jm job savepoint` printed it".into()));
+        }
+        if path.len() > MAX_PATH_BYTES {
+            return Err(invalid(format!("is {} bytes; at most {MAX_PATH_BYTES} allowed", path.len())));
+        }
+        if !std::path::Path::new(path).is_absolute() {
+            return Err(invalid(format!("{path:?} is relative; give the savepoint's absolute directory")));
+        }
+        // The state must include every job submitted before this request, or a job restoring from the savepoint
+        // could slip through the check.
+        self.node.read_barrier(Consistency::Linearizable).await?;
+        let uses = self.node.state().read(|s| PathUses::of(&s.cluster));
+        let owned = path.to_string();
+        let checked = tokio::task::spawn_blocking(move || {
+            let found = storage::inspect(std::path::Path::new(&owned));
+            found.map(|found| (found, uses.check(&owned, storage::same_dir)))
+        })
+        .await
+        .map_err(|e| DispatchError::Cluster(ClusterError::Fatal { detail: format!("path check panicked: {e}") }))?;
+        let job_id = match checked {
+            Err(e) => return Err(invalid(e.to_string())),
+            Ok((Found::Nothing, _)) => {
+                return Err(DispatchError::SavepointPathNotFound { path: path.to_string(), replica: self.node.id })
+            }
+            Ok((Found::NotCompleted, _)) => {
+                return Err(invalid(format!(
+                    "{path} is not a completed savepoint or checkpoint: it is no directory holding {}",
+                    storage::METADATA_FILE
+                )))
+            }
+            Ok((Found::Completed, Err(in_use))) => {
+                return Err(DispatchError::SavepointInUse {
+                    path: path.to_string(),
+                    job_id: in_use.job_id,
+                    status: in_use.status,
+                    role: in_use.role,
+                })
+            }
+            Ok((Found::Completed, Ok(job_id))) => job_id,
+        };
+        let request_id = new_request_id();
+        let command = Command::RequestSavepointDisposal {
+            request_id: request_id.clone(),
+            path: path.to_string(),
+            job_id,
+            at_ms: self.node.clock().now_ms(),
+        };
+        let written = self.node.write(command).await?;
+        match &written.response {
+            Response::SavepointDisposalRequested { .. } => Ok((request_id, written.clone())),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A savepoint disposal and its outcome so far.
+    pub async fn get_savepoint_disposal(
+        &self,
+        request_id: &str,
+        consistency: Consistency,
+    ) -> Result<(SavepointDisposal, ReadInfo), DispatchError> {
+        let read = self.node.read_barrier(consistency).await?;
+        let disposal = self.node.state().read(|s| s.cluster.savepoint_disposals.get(request_id).cloned());
+        disposal.map(|d| (d, read)).ok_or_else(|| DispatchError::DisposalNotFound {
+            request_id: request_id.to_string(),
+            max: crate::raft::state::MAX_SAVEPOINT_DISPOSALS,
+        })
     }
 
     /// Registered TaskManagers with their free slot counts.

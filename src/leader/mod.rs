@@ -3,7 +3,8 @@
 //!
 //! [`LeaderServices`] watches the [`LeaderSupervisor`](crate::cluster::LeaderSupervisor)'s verdict. On `Some(term)`
 //! (this replica leads and has applied everything committed before its term) it starts, for that term, a
-//! [`ResourceManager`] and a scanner that gives every live job of the replicated state a JobMaster. On `None` it
+//! [`ResourceManager`], a scanner that gives every live job of the replicated state a JobMaster, and the savepoint
+//! disposal service ([`checkpoint::disposal::run`](crate::checkpoint::disposal::run)). On `None` it
 //! aborts all of them at once: their tasks are dropped mid-await, so a deposed leader issues nothing more. Anything
 //! they had started is fenced anyway: the next leader's JobMasters take new epochs, which the state machine and the
 //! TaskManagers enforce.
@@ -210,10 +211,11 @@ fn deliver_events(active: &ActiveTerm, events: Vec<TaskEvent>) -> FromJobManager
     FromJobManager::EventsAccepted
 }
 
-/// The body of a term: liveness checks, and a JobMaster for every live job.
+/// The body of a term: liveness checks, savepoint disposals, and a JobMaster for every live job.
 async fn lead(active: Arc<ActiveTerm>, ctx: Arc<JobMasterContext>) {
     let mut tasks = JoinSet::new();
     tasks.spawn(active.rm.clone().run_liveness());
+    tasks.spawn(crate::checkpoint::disposal::run(ctx.node.clone()).instrument(tracing::info_span!("disposal")));
     let mut stopped_at: HashMap<JobId, Instant> = HashMap::new();
     let mut scan = tokio::time::interval(JOB_SCAN_INTERVAL);
     loop {

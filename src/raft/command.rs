@@ -65,6 +65,8 @@ pub const MAX_SLOTS_PER_TASK_MANAGER: u32 = 4096;
 pub const MAX_RETAINED_CHECKPOINTS: u32 = 1000;
 /// Longest job name, idempotency key, job id or TaskManager id, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
+/// Longest file system path a command may carry (a savepoint to dispose), in bytes.
+pub const MAX_PATH_BYTES: usize = 4096;
 
 /// One task slot: the `index`-th slot (from 0) of TaskManager `tm`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -230,6 +232,18 @@ pub enum SavepointOutcome {
     Failed {
         /// Why, for the user.
         error: String,
+    },
+}
+
+/// How the disposal of a savepoint ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DisposalOutcome {
+    /// The savepoint's directory is gone (deleted now, or already before).
+    Disposed,
+    /// It could not be deleted.
+    Failed {
+        /// Why, for the user (the file system's error).
+        message: String,
     },
 }
 
@@ -456,6 +470,27 @@ pub enum Command {
         /// When it ended.
         at_ms: u64,
     },
+    /// Asks the leader to delete a savepoint's (or retained checkpoint's) directory (Flink's savepoint disposal; a
+    /// client command: no epoch). The dispatcher checked the path before proposing it; a request id is used once.
+    RequestSavepointDisposal {
+        /// Dispatcher-chosen id of the request (Flink's trigger id), 1 to 256 bytes.
+        request_id: String,
+        /// The directory to delete, 1 to [`MAX_PATH_BYTES`] bytes.
+        path: String,
+        /// The job that recorded this savepoint, if one did.
+        job_id: Option<JobId>,
+        /// When it was requested.
+        at_ms: u64,
+    },
+    /// Records how a savepoint disposal ended, on behalf of the leader that carried it out.
+    ResolveSavepointDisposal {
+        /// The request.
+        request_id: String,
+        /// Its outcome.
+        outcome: DisposalOutcome,
+        /// When it ended.
+        at_ms: u64,
+    },
     // New variants go here, at the end. Read the comment above the enum first.
 }
 
@@ -481,6 +516,8 @@ impl Command {
             Self::RecordDeployment { .. } => "record_deployment",
             Self::RequestSavepoint { .. } => "request_savepoint",
             Self::ResolveSavepointRequest { .. } => "resolve_savepoint_request",
+            Self::RequestSavepointDisposal { .. } => "request_savepoint_disposal",
+            Self::ResolveSavepointDisposal { .. } => "resolve_savepoint_disposal",
         }
     }
 
@@ -502,7 +539,11 @@ impl Command {
             | Self::RecordDeployment { job_id, .. }
             | Self::RequestSavepoint { job_id, .. }
             | Self::ResolveSavepointRequest { job_id, .. } => Some(job_id),
-            Self::RegisterTaskManager { .. } | Self::UnregisterTaskManager { .. } | Self::Batch { .. } => None,
+            Self::RequestSavepointDisposal { job_id, .. } => job_id.as_deref(),
+            Self::RegisterTaskManager { .. }
+            | Self::UnregisterTaskManager { .. }
+            | Self::Batch { .. }
+            | Self::ResolveSavepointDisposal { .. } => None,
         }
     }
 }
@@ -635,6 +676,16 @@ pub enum Response {
     SavepointRequestResolved {
         /// The job.
         job_id: JobId,
+        /// The request id.
+        request_id: String,
+    },
+    /// A `RequestSavepointDisposal` was accepted.
+    SavepointDisposalRequested {
+        /// The request id.
+        request_id: String,
+    },
+    /// A `ResolveSavepointDisposal` was accepted.
+    SavepointDisposalResolved {
         /// The request id.
         request_id: String,
     },
@@ -1071,6 +1122,41 @@ mod tests {
             Response::SavepointRequested { job_id: job(), request_id: "r1".to_string(), created: true },
             "1020303132333435363738396162636465663031323334353637383961626364656602723101",
         );
+    }
+
+    #[test]
+    fn golden_request_savepoint_disposal() {
+        assert_golden(
+            Command::RequestSavepointDisposal {
+                request_id: "r1".to_string(),
+                path: "/sp/1".to_string(),
+                job_id: Some(job()),
+                at_ms: 7,
+            },
+            "12027231052f73702f310120303132333435363738396162636465663031323334353637383961626364656607",
+        );
+        assert_golden(Response::SavepointDisposalRequested { request_id: "r1".to_string() }, "12027231");
+    }
+
+    #[test]
+    fn golden_resolve_savepoint_disposal() {
+        assert_golden(
+            Command::ResolveSavepointDisposal {
+                request_id: "r1".to_string(),
+                outcome: DisposalOutcome::Failed { message: "denied".to_string() },
+                at_ms: 9,
+            },
+            "13027231010664656e69656409",
+        );
+        assert_golden(
+            Command::ResolveSavepointDisposal {
+                request_id: "r1".to_string(),
+                outcome: DisposalOutcome::Disposed,
+                at_ms: 9,
+            },
+            "130272310009",
+        );
+        assert_golden(Response::SavepointDisposalResolved { request_id: "r1".to_string() }, "13027231");
     }
 
     #[test]

@@ -36,9 +36,11 @@ use super::storage::{Engine, StoreError};
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// Version of everything this replica writes to its data dir. A replica refuses a data dir written
-/// with another version instead of misreading it. Version 2 added the job runtime fields (exceptions, restarts,
-/// deployment, savepoint requests) to the snapshot; no release ever wrote version 1, so there is no migration.
-pub const STORAGE_FORMAT_VERSION: u8 = 2;
+/// with another version instead of misreading it. Snapshots are bincode, which writes struct fields in order and
+/// without names, so any field added to the state changes the format (a golden test in `state.rs` pins it).
+/// Version 2 added the job runtime fields (exceptions, restarts, deployment, savepoint requests) to the snapshot;
+/// version 3 added the savepoint disposals. No release ever wrote version 1 or 2, so there is no migration.
+pub const STORAGE_FORMAT_VERSION: u8 = 3;
 
 /// Default memory budget for log entries kept decoded in memory.
 pub const DEFAULT_LOG_CACHE_BYTES: usize = 8 * 1024 * 1024;

@@ -2,7 +2,8 @@
 //!
 //! Every replica applies the same log of [`Command`]s, in the same order, to its own `ClusterState`; this module is
 //! what makes them agree. It owns the jobs (status, JobMaster epoch, checkpoints, savepoints, result, metadata), the
-//! registered TaskManagers and the slot leases binding their slots to jobs.
+//! registered TaskManagers, the slot leases binding their slots to jobs, and the most recent savepoint disposals (a
+//! bounded map of requests the leader carries out and resolves; see `checkpoint::disposal`).
 //!
 //! # Determinism
 //!
@@ -30,7 +31,8 @@
 //! every command of random command sequences. Briefly: a lease is on an existing slot of a registered TaskManager and
 //! held by a live job at an epoch no newer than the job's; jobs and idempotency keys match one to one; checkpoint ids
 //! are allocated before use, complete in increasing order and are retained up to the job's limit; a job is terminal
-//! exactly when it has a result, and then forever; histories and metadata stay within their limits.
+//! exactly when it has a result, and then forever; histories, metadata and savepoint disposals stay within their
+//! limits, and a disposal has an outcome exactly when it has a resolution time.
 //!
 //! # Caveats
 //!
@@ -42,9 +44,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::command::{
-    CheckpointId, Command, CompletedCheckpoint, DeployedComponent, DeterministicError, Epoch, JobId, JobStatus,
-    LogIndex, Response, Savepoint, SavepointOutcome, SlotId, TaskManagerId, MAX_METADATA_KEYS_PER_JOB,
-    MAX_METADATA_KEY_BYTES, MAX_METADATA_VALUE_BYTES, MAX_NAME_BYTES, MAX_RETAINED_CHECKPOINTS,
+    CheckpointId, Command, CompletedCheckpoint, DeployedComponent, DeterministicError, DisposalOutcome, Epoch, JobId,
+    JobStatus, LogIndex, Response, Savepoint, SavepointOutcome, SlotId, TaskManagerId, MAX_METADATA_KEYS_PER_JOB,
+    MAX_METADATA_KEY_BYTES, MAX_METADATA_VALUE_BYTES, MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_RETAINED_CHECKPOINTS,
     MAX_SLOTS_PER_TASK_MANAGER, MAX_STATUS_HISTORY,
 };
 
@@ -54,6 +56,9 @@ pub const MAX_EXCEPTIONS: usize = 32;
 pub const MAX_SAVEPOINT_REQUESTS: usize = 32;
 /// Longest failure message kept, in bytes; longer ones are truncated.
 pub const MAX_ERROR_BYTES: usize = 4096;
+/// Most savepoint disposals kept; the oldest resolved ones are dropped first, and a new request is refused while
+/// this many are in progress.
+pub const MAX_SAVEPOINT_DISPOSALS: usize = 64;
 
 /// The state every replica holds and agrees on, built by applying the Raft log. It is also the snapshot format.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +73,8 @@ pub struct ClusterState {
     pub slot_leases: BTreeMap<SlotId, SlotLease>,
     /// Index of the last command applied (set by apply, even when the command failed).
     pub last_index: LogIndex,
+    /// The most recent savepoint disposals, by request id (at most [`MAX_SAVEPOINT_DISPOSALS`]).
+    pub savepoint_disposals: BTreeMap<String, SavepointDisposal>,
 }
 
 /// A job and everything the cluster remembers about it.
@@ -156,6 +163,24 @@ pub struct SavepointRequest {
     pub requested_at_ms: u64,
     /// How it ended; `None` while in progress.
     pub outcome: Option<SavepointOutcome>,
+    /// When it ended.
+    pub resolved_at_ms: Option<u64>,
+}
+
+/// A savepoint disposal asked for by a client, and how it went. The leader deletes the directory while `outcome`
+/// is `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavepointDisposal {
+    /// The directory to delete.
+    pub path: String,
+    /// The job that recorded this savepoint, if one did.
+    pub job_id: Option<JobId>,
+    /// When it was requested.
+    pub requested_at_ms: u64,
+    /// Log index of the request: orders requests for eviction, whatever the proposers' clocks say.
+    pub requested_index: LogIndex,
+    /// How it ended; `None` while in progress.
+    pub outcome: Option<DisposalOutcome>,
     /// When it ended.
     pub resolved_at_ms: Option<u64>,
 }
@@ -294,6 +319,20 @@ impl ClusterState {
             }
             Command::ResolveSavepointRequest { job_id, epoch, request_id, outcome, at_ms } => {
                 self.apply_resolve_savepoint_request(job_id, epoch, request_id, outcome, at_ms)
+            }
+            Command::RequestSavepointDisposal { request_id, path, job_id, at_ms } => {
+                let disposal = SavepointDisposal {
+                    path,
+                    job_id,
+                    requested_at_ms: at_ms,
+                    requested_index: index,
+                    outcome: None,
+                    resolved_at_ms: None,
+                };
+                self.apply_request_savepoint_disposal(request_id, disposal)
+            }
+            Command::ResolveSavepointDisposal { request_id, outcome, at_ms } => {
+                self.apply_resolve_savepoint_disposal(request_id, outcome, at_ms)
             }
         }
     }
@@ -701,6 +740,73 @@ impl ClusterState {
         Ok(Response::SavepointRequestResolved { job_id, request_id })
     }
 
+    fn apply_request_savepoint_disposal(
+        &mut self,
+        request_id: String,
+        disposal: SavepointDisposal,
+    ) -> Result<Response, DeterministicError> {
+        check_text("request_id", &request_id, MAX_NAME_BYTES)?;
+        check_text("path", &disposal.path, MAX_PATH_BYTES)?;
+        if let Some(job_id) = &disposal.job_id {
+            self.job_ref(job_id)?;
+        }
+        // Request ids are chosen fresh by the dispatcher; a second request under one id is a mistake, not a retry.
+        if self.savepoint_disposals.contains_key(&request_id) {
+            let reason = format!("savepoint disposal {request_id} already exists; use a fresh request id");
+            return Err(DeterministicError::invalid("request_id", reason));
+        }
+        let evicted = if self.savepoint_disposals.len() >= MAX_SAVEPOINT_DISPOSALS {
+            let oldest_resolved = self
+                .savepoint_disposals
+                .iter()
+                .filter(|(_, d)| d.outcome.is_some())
+                .min_by_key(|(id, d)| (d.requested_index, (*id).clone()))
+                .map(|(id, _)| id.clone());
+            match oldest_resolved {
+                Some(id) => Some(id),
+                None => {
+                    let reason =
+                        format!("{MAX_SAVEPOINT_DISPOSALS} savepoint disposals are in progress; retry once one ended");
+                    return Err(DeterministicError::invalid("request_id", reason));
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(id) = evicted {
+            self.savepoint_disposals.remove(&id);
+        }
+        self.savepoint_disposals.insert(request_id.clone(), disposal);
+        Ok(Response::SavepointDisposalRequested { request_id })
+    }
+
+    fn apply_resolve_savepoint_disposal(
+        &mut self,
+        request_id: String,
+        outcome: DisposalOutcome,
+        at_ms: u64,
+    ) -> Result<Response, DeterministicError> {
+        let Some(disposal) = self.savepoint_disposals.get_mut(&request_id) else {
+            let reason = format!("there is no savepoint disposal {request_id}");
+            return Err(DeterministicError::invalid("request_id", reason));
+        };
+        // Only the leader resolves, once; a second resolution (a new leader that did not see the first) is refused,
+        // so the first outcome stands.
+        if disposal.outcome.is_some() {
+            let reason = format!("savepoint disposal {request_id} already ended");
+            return Err(DeterministicError::invalid("request_id", reason));
+        }
+        let outcome = match outcome {
+            DisposalOutcome::Failed { message } => {
+                DisposalOutcome::Failed { message: truncate_utf8(message, MAX_ERROR_BYTES) }
+            }
+            disposed => disposed,
+        };
+        disposal.outcome = Some(outcome);
+        disposal.resolved_at_ms = Some(at_ms);
+        Ok(Response::SavepointDisposalResolved { request_id })
+    }
+
     /// Applies each command of a batch in order, with its own outcome. The batch as a whole always succeeds.
     fn apply_batch(&mut self, index: LogIndex, commands: Vec<Command>) -> Response {
         let results = commands
@@ -794,13 +900,40 @@ impl ClusterState {
         all_slots.filter(|slot| !self.slot_leases.contains_key(slot)).collect()
     }
 
+    /// The savepoint disposals the leader still has to carry out, as `(request id, path)`, oldest first.
+    pub fn disposals_in_progress(&self) -> Vec<(String, String)> {
+        let mut pending: Vec<(&String, &SavepointDisposal)> =
+            self.savepoint_disposals.iter().filter(|(_, d)| d.outcome.is_none()).collect();
+        pending.sort_by_key(|(id, d)| (d.requested_index, *id));
+        pending.into_iter().map(|(id, d)| (id.clone(), d.path.clone())).collect()
+    }
+
     /// Checks every invariant the state machine maintains; the error names the first violation found. Meant for tests
     /// and for checking a snapshot or a freshly replayed state.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.check_task_managers()?;
         self.check_leases()?;
         self.check_idempotency_keys()?;
+        self.check_savepoint_disposals()?;
         self.jobs.iter().try_for_each(|(id, job)| check_job(id, job))
+    }
+
+    fn check_savepoint_disposals(&self) -> Result<(), String> {
+        if self.savepoint_disposals.len() > MAX_SAVEPOINT_DISPOSALS {
+            return Err(format!("{} savepoint disposals are kept", self.savepoint_disposals.len()));
+        }
+        for (id, disposal) in &self.savepoint_disposals {
+            if disposal.path.is_empty() || disposal.path.len() > MAX_PATH_BYTES {
+                return Err(format!("savepoint disposal {id} has a path of {} bytes", disposal.path.len()));
+            }
+            if disposal.outcome.is_some() != disposal.resolved_at_ms.is_some() {
+                return Err(format!("savepoint disposal {id} has an outcome without a time, or the reverse"));
+            }
+            if let Some(job_id) = disposal.job_id.as_ref().filter(|j| !self.jobs.contains_key(*j)) {
+                return Err(format!("savepoint disposal {id} names unknown job {job_id}"));
+            }
+        }
+        Ok(())
     }
 
     fn check_task_managers(&self) -> Result<(), String> {
@@ -1329,6 +1462,95 @@ mod tests {
         h.rejects(unknown, invalid("request_id", &format!("job {J1} has no savepoint request nope")));
     }
 
+    fn request_disposal(request_id: &str, path: &str, job_id: Option<&str>) -> Command {
+        Command::RequestSavepointDisposal {
+            request_id: request_id.into(),
+            path: path.into(),
+            job_id: job_id.map(String::from),
+            at_ms: 900,
+        }
+    }
+
+    fn resolve_disposal(request_id: &str, outcome: DisposalOutcome) -> Command {
+        Command::ResolveSavepointDisposal { request_id: request_id.into(), outcome, at_ms: 950 }
+    }
+
+    #[test]
+    fn a_savepoint_disposal_is_requested_then_resolved_once() {
+        let mut h = Harness::with_running_job();
+        let created = Response::SavepointDisposalRequested { request_id: "d1".into() };
+        assert_eq!(h.ok(request_disposal("d1", "/sp/savepoint-000000-1", Some(J1))), created);
+        let disposal = &h.state.savepoint_disposals["d1"];
+        assert_eq!(
+            (disposal.path.as_str(), disposal.job_id.as_deref(), disposal.requested_at_ms, disposal.outcome.as_ref()),
+            ("/sp/savepoint-000000-1", Some(J1), 900, None)
+        );
+        assert_eq!(h.state.disposals_in_progress(), vec![("d1".to_string(), "/sp/savepoint-000000-1".to_string())]);
+
+        let resolved = Response::SavepointDisposalResolved { request_id: "d1".into() };
+        assert_eq!(h.ok(resolve_disposal("d1", DisposalOutcome::Disposed)), resolved);
+        let disposal = &h.state.savepoint_disposals["d1"];
+        assert_eq!((disposal.outcome.as_ref(), disposal.resolved_at_ms), (Some(&DisposalOutcome::Disposed), Some(950)));
+        assert!(h.state.disposals_in_progress().is_empty());
+
+        // A failure keeps its message, cut to the limit.
+        h.ok(request_disposal("d2", "/sp/2", None));
+        let long = "denied ".repeat(MAX_ERROR_BYTES);
+        h.ok(resolve_disposal("d2", DisposalOutcome::Failed { message: long }));
+        let Some(DisposalOutcome::Failed { message }) = &h.state.savepoint_disposals["d2"].outcome else {
+            panic!("not failed")
+        };
+        assert!(message.starts_with("denied") && message.len() <= MAX_ERROR_BYTES, "{}", message.len());
+    }
+
+    #[test]
+    fn savepoint_disposals_refuse_duplicates_unknown_and_resolved_requests() {
+        let mut h = Harness::with_running_job();
+        h.ok(request_disposal("d1", "/sp/1", None));
+        let duplicate = invalid("request_id", "savepoint disposal d1 already exists; use a fresh request id");
+        h.rejects(request_disposal("d1", "/sp/other", None), duplicate);
+        h.rejects(
+            resolve_disposal("nope", DisposalOutcome::Disposed),
+            invalid("request_id", "there is no savepoint disposal nope"),
+        );
+        h.ok(resolve_disposal("d1", DisposalOutcome::Disposed));
+        let ended = invalid("request_id", "savepoint disposal d1 already ended");
+        h.rejects(resolve_disposal("d1", DisposalOutcome::Disposed), ended.clone());
+        h.rejects(resolve_disposal("d1", DisposalOutcome::Failed { message: "late".into() }), ended);
+
+        h.rejects(request_disposal("d2", "", None), invalid("path", "must not be empty"));
+        let too_long = "/".repeat(MAX_PATH_BYTES + 1);
+        h.rejects(request_disposal("d2", &too_long, None), invalid("path", "is 4097 bytes; at most 4096 allowed"));
+        h.rejects(request_disposal("", "/sp/2", None), invalid("request_id", "must not be empty"));
+        h.rejects(request_disposal("d2", "/sp/2", Some(J2)), not_found(J2));
+    }
+
+    #[test]
+    fn savepoint_disposals_are_bounded_dropping_the_oldest_resolved_first() {
+        let mut h = Harness::default();
+        for n in 0..MAX_SAVEPOINT_DISPOSALS {
+            h.ok(request_disposal(&format!("d{n:02}"), &format!("/sp/{n}"), None));
+        }
+        // Full of requests in progress: refused, deterministically.
+        let full = format!("{MAX_SAVEPOINT_DISPOSALS} savepoint disposals are in progress; retry once one ended");
+        h.rejects(request_disposal("late", "/sp/late", None), invalid("request_id", &full));
+        // Resolving two makes room; the older of them goes first, whatever its id.
+        h.ok(resolve_disposal("d10", DisposalOutcome::Disposed));
+        h.ok(resolve_disposal("d05", DisposalOutcome::Failed { message: "denied".into() }));
+        h.ok(request_disposal("late", "/sp/late", None));
+        assert!(!h.state.savepoint_disposals.contains_key("d05"));
+        assert!(h.state.savepoint_disposals.contains_key("d10"));
+        assert_eq!(h.state.savepoint_disposals.len(), MAX_SAVEPOINT_DISPOSALS);
+        h.ok(request_disposal("later", "/sp/later", None));
+        assert!(!h.state.savepoint_disposals.contains_key("d10"));
+        h.rejects(request_disposal("latest", "/sp/latest", None), invalid("request_id", &full));
+        // In-progress requests, oldest first, are what the leader works through.
+        let pending = h.state.disposals_in_progress();
+        assert_eq!(pending.len(), MAX_SAVEPOINT_DISPOSALS);
+        assert_eq!(pending.first().map(|(id, _)| id.as_str()), Some("d00"));
+        assert_eq!(pending.last().map(|(id, _)| id.as_str()), Some("later"));
+    }
+
     #[test]
     fn submit_creates_a_created_job_without_job_master() {
         let mut h = Harness::default();
@@ -1788,6 +2010,38 @@ mod tests {
         assert_eq!(decode::<ClusterState>(&encode(&h.state)), Ok(h.state.clone()));
     }
 
+    /// Pins the snapshot encoding. Snapshots are bincode (fields in declaration order, without names), so adding,
+    /// removing or reordering a field of [`ClusterState`] or of anything it holds changes the format: bump
+    /// [`STORAGE_FORMAT_VERSION`](crate::raft::log_store::STORAGE_FORMAT_VERSION) along with the bytes here, so that a
+    /// replica refuses a data dir of another format instead of misreading it.
+    #[test]
+    fn snapshot_format_is_pinned_to_the_storage_version() {
+        let mut h = Harness::default();
+        h.ok(submit(J1, "k1"));
+        h.ok(register(TM, 1));
+        h.ok(Command::RequestSavepointDisposal {
+            request_id: "d1".into(),
+            path: "/sp/1".into(),
+            job_id: Some(J1.into()),
+            at_ms: 5,
+        });
+        h.ok(Command::ResolveSavepointDisposal {
+            request_id: "d1".into(),
+            outcome: DisposalOutcome::Disposed,
+            at_ms: 6,
+        });
+        let hex: String = encode(&h.state).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(crate::raft::log_store::STORAGE_FORMAT_VERSION, 3, "the snapshot format changed: see above");
+        let expected = concat!(
+            "01203030303030303030303030303030303030303030303030303030303030303031203030303030303030303030303030303030",
+            "30303030303030303030303030303109776f7264636f756e74026b31027b7d010000646401020000000101640000000000000001",
+            "026b312030303030303030303030303030303030303030303030303030303030303030310104746d2d3104746d2d310d31302e30",
+            "2e302e313a3631323201003232000401026431052f73702f31012030303030303030303030303030303030303030303030303030",
+            "30303030303031050301000106",
+        );
+        assert_eq!(hex, expected, "the snapshot format changed: bump STORAGE_FORMAT_VERSION");
+    }
+
     #[test]
     fn check_invariants_catches_corruption() {
         let mut h = Harness::with_running_job();
@@ -1975,6 +2229,19 @@ mod properties {
                     Command::ResolveSavepointRequest { job_id, epoch, request_id: request_id.to_string(), outcome, at_ms }
                 }
             ),
+            1 => (select(vec!["d1", "d2", ""]), select(vec!["/sp/1", ""]), prop::option::of(job_id()), at_ms()).prop_map(
+                |(request_id, path, job_id, at_ms)| Command::RequestSavepointDisposal {
+                    request_id: request_id.to_string(),
+                    path: path.to_string(),
+                    job_id,
+                    at_ms,
+                }
+            ),
+            1 => (select(vec!["d1", "d2"]), any::<bool>(), at_ms()).prop_map(|(request_id, ok, at_ms)| {
+                let outcome =
+                    if ok { DisposalOutcome::Disposed } else { DisposalOutcome::Failed { message: "denied".to_string() } };
+                Command::ResolveSavepointDisposal { request_id: request_id.to_string(), outcome, at_ms }
+            }),
         ]
     }
 

@@ -3,8 +3,8 @@
 use super::pb;
 use crate::cluster::{Consistency, ReadInfo, ReplicaStatus, Written};
 use crate::leader::runtime::{JobRuntime, SubtaskRuntime};
-use crate::raft::command::{CompletedCheckpoint, Savepoint, SavepointOutcome};
-use crate::raft::state::{Job, SavepointRequest, TaskManagerInfo};
+use crate::raft::command::{CompletedCheckpoint, DisposalOutcome, Savepoint, SavepointOutcome};
+use crate::raft::state::{Job, SavepointDisposal, SavepointRequest, TaskManagerInfo};
 use crate::taskmanager::protocol::{SubtaskStatus, TaskState};
 
 /// The read consistency a request asks for.
@@ -106,6 +106,24 @@ pub fn savepoint_request(r: &SavepointRequest, read: &ReadInfo) -> pb::GetSavepo
         checkpoint_id,
         error,
         terminate: r.terminate,
+        read: Some(read_info(read)),
+    }
+}
+
+/// A savepoint disposal's state.
+pub fn savepoint_disposal(d: &SavepointDisposal, read: &ReadInfo) -> pb::GetSavepointDisposalReply {
+    let (status, error) = match &d.outcome {
+        None => ("IN_PROGRESS", String::new()),
+        Some(DisposalOutcome::Disposed) => ("COMPLETED", String::new()),
+        Some(DisposalOutcome::Failed { message }) => ("FAILED", message.clone()),
+    };
+    pb::GetSavepointDisposalReply {
+        status: status.to_string(),
+        path: d.path.clone(),
+        job_id: d.job_id.clone().unwrap_or_default(),
+        error,
+        requested_at_ms: d.requested_at_ms,
+        resolved_at_ms: d.resolved_at_ms.unwrap_or_default(),
         read: Some(read_info(read)),
     }
 }

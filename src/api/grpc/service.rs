@@ -231,6 +231,28 @@ impl JobManager for JobManagerService {
         .await
     }
 
+    async fn dispose_savepoint(
+        &self,
+        request: Request<pb::DisposeSavepointRequest>,
+    ) -> Result<Response<pb::DisposeSavepointReply>, Status> {
+        let r = request.into_inner();
+        let (request_id, written) = self.dispatcher.dispose_savepoint(&r.path).await?;
+        Ok(Response::new(pb::DisposeSavepointReply {
+            request_id,
+            write: Some(convert::write_info(self.id(), &written)),
+        }))
+    }
+
+    async fn get_savepoint_disposal(
+        &self,
+        request: Request<pb::GetSavepointDisposalRequest>,
+    ) -> Result<Response<pb::GetSavepointDisposalReply>, Status> {
+        let r = request.into_inner();
+        let consistency = convert::consistency(r.consistency);
+        let (disposal, read) = self.dispatcher.get_savepoint_disposal(&r.request_id, consistency).await?;
+        Ok(Response::new(convert::savepoint_disposal(&disposal, &read)))
+    }
+
     async fn list_task_managers(
         &self,
         request: Request<pb::ListTaskManagersRequest>,

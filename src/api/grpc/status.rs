@@ -17,9 +17,11 @@ impl From<DispatchError> for Status {
             DispatchError::InvalidSpec { .. } | DispatchError::InvalidArgument { .. } => {
                 Status::invalid_argument(e.to_string())
             }
-            DispatchError::JobNotFound { .. } | DispatchError::SavepointNotFound { .. } => {
-                Status::not_found(e.to_string())
-            }
+            DispatchError::JobNotFound { .. }
+            | DispatchError::SavepointNotFound { .. }
+            | DispatchError::SavepointPathNotFound { .. }
+            | DispatchError::DisposalNotFound { .. } => Status::not_found(e.to_string()),
+            DispatchError::SavepointInUse { .. } => Status::failed_precondition(e.to_string()),
             DispatchError::Cluster(c) => c.into(),
         }
     }

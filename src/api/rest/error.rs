@@ -37,7 +37,11 @@ impl RestError {
 fn dispatch_status(e: &DispatchError) -> StatusCode {
     match e {
         DispatchError::InvalidSpec { .. } | DispatchError::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
-        DispatchError::JobNotFound { .. } | DispatchError::SavepointNotFound { .. } => StatusCode::NOT_FOUND,
+        DispatchError::JobNotFound { .. }
+        | DispatchError::SavepointNotFound { .. }
+        | DispatchError::SavepointPathNotFound { .. }
+        | DispatchError::DisposalNotFound { .. } => StatusCode::NOT_FOUND,
+        DispatchError::SavepointInUse { .. } => StatusCode::CONFLICT,
         DispatchError::Cluster(c) => cluster_status(c),
     }
 }
@@ -77,6 +81,15 @@ mod tests {
         let terminal = DeterministicError::JobTerminal { job_id: "x".into(), status: crate::raft::JobStatus::Failed };
         let refused = DispatchError::Cluster(ClusterError::Rejected(terminal));
         assert_eq!(RestError::from(refused).status(), StatusCode::CONFLICT);
+        let gone = DispatchError::SavepointPathNotFound { path: "/sp/1".into(), replica: 1 };
+        assert_eq!(RestError::from(gone).status(), StatusCode::NOT_FOUND);
+        let in_use = DispatchError::SavepointInUse {
+            path: "/sp/1".into(),
+            job_id: "x".into(),
+            status: crate::raft::JobStatus::Running,
+            role: "the savepoint it restores from",
+        };
+        assert_eq!(RestError::from(in_use).status(), StatusCode::CONFLICT);
         let no_leader = DispatchError::Cluster(ClusterError::NoLeader { detail: "election".into() });
         assert_eq!(RestError::from(no_leader).status(), StatusCode::SERVICE_UNAVAILABLE);
     }

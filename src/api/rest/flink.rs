@@ -10,8 +10,8 @@ use crate::checkpoint::coordinator::CheckpointConfig;
 use crate::cluster::{ClusterError, ReplicaNode, ReplicaStatus};
 use crate::jobgraph::{JobGraph, JobSpec, OperatorSpec};
 use crate::leader::runtime::{JobRuntime, SubtaskRuntime};
-use crate::raft::command::{CompletedCheckpoint, SavepointOutcome};
-use crate::raft::state::{Job, SavepointRequest, TaskManagerInfo};
+use crate::raft::command::{CompletedCheckpoint, DisposalOutcome, SavepointOutcome};
+use crate::raft::state::{Job, SavepointDisposal, SavepointRequest, TaskManagerInfo};
 use crate::raft::{JobStatus, NodeId};
 use crate::taskmanager::protocol::TaskState;
 
@@ -467,6 +467,19 @@ pub fn savepoint_status(request: &SavepointRequest) -> Value {
     }
 }
 
+/// `GET /savepoint-disposal/:triggerid`: Flink's asynchronous operation result, whose operation is empty on success
+/// and carries the failure cause (in the shape of [`savepoint_status`]'s) on failure.
+pub fn savepoint_disposal_status(disposal: &SavepointDisposal) -> Value {
+    match &disposal.outcome {
+        None => json!({"status": {"id": "IN_PROGRESS"}, "operation": {}}),
+        Some(DisposalOutcome::Disposed) => json!({"status": {"id": "COMPLETED"}, "operation": {}}),
+        Some(DisposalOutcome::Failed { message }) => json!({
+            "status": {"id": "COMPLETED"},
+            "operation": {"failure-cause": {"class": "SavepointDisposalFailure", "stack-trace": message, "serialized-throwable": null}},
+        }),
+    }
+}
+
 /// One TaskManager, as `GET /taskmanagers` lists it.
 pub fn task_manager(tm: &TaskManagerInfo, free: u32, now: u64) -> Value {
     json!({
@@ -532,4 +545,39 @@ pub fn cluster(node: &ReplicaNode, statuses: &BTreeMap<NodeId, Result<ReplicaSta
         "term": metrics.current_term,
         "replicas": replicas,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disposal_status_takes_flinks_asynchronous_operation_shape() {
+        let mut disposal = SavepointDisposal {
+            path: "/sp/1".into(),
+            job_id: None,
+            requested_at_ms: 1,
+            requested_index: 1,
+            outcome: None,
+            resolved_at_ms: None,
+        };
+        assert_eq!(savepoint_disposal_status(&disposal), json!({"status": {"id": "IN_PROGRESS"}, "operation": {}}));
+        disposal.outcome = Some(DisposalOutcome::Disposed);
+        assert_eq!(savepoint_disposal_status(&disposal), json!({"status": {"id": "COMPLETED"}, "operation": {}}));
+        disposal.outcome = Some(DisposalOutcome::Failed { message: "denied".into() });
+        let failed = savepoint_disposal_status(&disposal);
+        assert_eq!(failed["status"]["id"], "COMPLETED");
+        assert_eq!(failed["operation"]["failure-cause"]["stack-trace"], "denied");
+        // The same failure shape as a savepoint's.
+        let request = SavepointRequest {
+            target_dir: None,
+            terminate: false,
+            requested_at_ms: 1,
+            outcome: Some(SavepointOutcome::Failed { error: "denied".into() }),
+            resolved_at_ms: Some(2),
+        };
+        let keys =
+            |v: &Value| v["operation"]["failure-cause"].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
+        assert_eq!(keys(&failed), keys(&savepoint_status(&request)));
+    }
 }

@@ -24,10 +24,11 @@
 //! (`RUST_LOG=info,jobmanager::api=debug` shows them).
 //!
 //! What exists here so far: cluster and job overviews, job details, status, configuration, exceptions and
-//! checkpoints, TaskManagers, cancel, savepoints, stop-with-savepoint and submission (a spec as JSON or YAML),
-//! plus our own `/cluster`. Per-subtask state, records and throughput (`/jobs/:id/vertices/:vid`, and the vertex
-//! figures of `/jobs/:id`) come from the leader's live view of the TaskManagers' heartbeats: a follower asks the
-//! leader for it. When no leader can be asked, `/jobs/:id` still answers from the replicated state, without figures.
+//! checkpoints, TaskManagers, cancel, savepoints, stop-with-savepoint, savepoint disposal and submission (a spec as
+//! JSON or YAML), plus our own `/cluster`. Per-subtask state, records and throughput (`/jobs/:id/vertices/:vid`, and
+//! the vertex figures of `/jobs/:id`) come from the leader's live view of the TaskManagers' heartbeats: a follower
+//! asks the leader for it. When no leader can be asked, `/jobs/:id` still answers from the replicated state, without
+//! figures.
 
 mod error;
 mod flink;
@@ -80,6 +81,8 @@ pub fn router(dispatcher: Dispatcher, settings: Settings) -> Router {
         .route("/jobs/{job_id}/savepoints", post(trigger_savepoint))
         .route("/jobs/{job_id}/savepoints/{trigger_id}", get(savepoint_status))
         .route("/jobs/{job_id}/stop", post(stop))
+        .route("/savepoint-disposal", post(dispose_savepoint))
+        .route("/savepoint-disposal/{trigger_id}", get(savepoint_disposal_status))
         .route("/taskmanagers", get(task_managers))
         .route("/taskmanagers/{tm_id}", get(task_manager))
         .route("/cluster", get(cluster))
@@ -306,6 +309,24 @@ async fn stop(State(d): Api, Path(job_id): Path<String>, body: Bytes) -> Reply {
 async fn savepoint_status(State(d): Api, Path((job_id, trigger_id)): Path<(String, String)>) -> Reply {
     let (request, _) = d.get_savepoint(&job_id, &trigger_id, Consistency::Linearizable).await?;
     ok(flink::savepoint_status(&request))
+}
+
+/// Body of `POST /savepoint-disposal` (Flink's name).
+#[derive(Debug, Default, Deserialize)]
+struct DisposalBody {
+    #[serde(rename = "savepoint-path", default)]
+    savepoint_path: String,
+}
+
+async fn dispose_savepoint(State(d): Api, body: Bytes) -> Reply {
+    let body: DisposalBody = parse_body(&body)?;
+    let (request_id, _) = d.dispose_savepoint(&body.savepoint_path).await?;
+    ok(json!({ "request-id": request_id }))
+}
+
+async fn savepoint_disposal_status(State(d): Api, Path(trigger_id): Path<String>) -> Reply {
+    let (disposal, _) = d.get_savepoint_disposal(&trigger_id, Consistency::Linearizable).await?;
+    ok(flink::savepoint_disposal_status(&disposal))
 }
 
 async fn submit(State(d): Api, body: Bytes) -> Reply {
