@@ -325,7 +325,7 @@ vertices:
 edges: [{from: source, to: count}]
 checkpoints: {interval: 300ms}
 "#;
-    let mut cluster = TestCluster::start_with_rest(3, &[]);
+    let mut cluster = TestCluster::start_with_rest(3, &["--zone", "zone-a"]);
     let leader = cluster.wait_leader(Duration::from_secs(20)).await;
     cluster.spawn_tm(1, 4);
     let rest = |c: &TestCluster, id: u64| c.replicas.iter().find(|r| r.id == id).unwrap().http_addr.clone().unwrap();
@@ -382,6 +382,22 @@ checkpoints: {interval: 300ms}
     })
     .await;
     assert_eq!(after["subtasks"][0]["attempt"], vertex["subtasks"][0]["attempt"], "no restart: {after}");
+
+    // The failover is in the replicated history of leader changes, on every replica, with the time it took.
+    let new_leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let view = wait_for(&survivor, "/cluster", "the failover recorded", |c| {
+        c["leader_changes"][0]["leader"] == new_leader && c["leader_changes"][1]["leader"] == leader
+    })
+    .await;
+    let change = &view["leader_changes"][0];
+    assert_eq!(change["previous"], leader, "{view}");
+    assert!(change["term"].as_u64() > view["leader_changes"][1]["term"].as_u64(), "{view}");
+    let leaderless = change["leaderless_ms"].as_u64().expect("the new leader had heard from the old one");
+    assert!(leaderless > 0 && leaderless < 10_000, "{view}");
+    let reachable: Vec<&Value> =
+        view["replicas"].as_array().unwrap().iter().filter(|r| r["reachable"] == true).collect();
+    assert_eq!(reachable.len(), 2, "{view}");
+    assert!(reachable.iter().all(|r| r["zone"] == "zone-a"), "{view}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

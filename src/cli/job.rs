@@ -67,6 +67,14 @@ const SAVEPOINT_EXAMPLES: &str = "
   jm job savepoint <JOB_ID> --no-wait
 ";
 
+const DISPOSE_EXAMPLES: &str = "
+  # Delete a savepoint no job needs any more, and wait until the leader has
+  jm job dispose-savepoint /shared/savepoints/savepoint-6f1c2a-7
+
+  # Only record the request; poll it later through GET /savepoint-disposal/<id>
+  jm job dispose-savepoint /shared/savepoints/savepoint-6f1c2a-7 --no-wait -o json
+";
+
 const WAIT_EXAMPLES: &str = "
   # Wait up to a minute for a job to run
   jm job wait <JOB_ID> --state RUNNING --timeout 60
@@ -162,9 +170,7 @@ pub enum JobCommand {
     ///
     /// The replica checks that the path holds a savepoint that no job still going restores from; the leader then
     /// deletes the directory (if that leader dies first, the next one does).
-    #[command(after_help = "Examples:\n  \
-        jm job dispose-savepoint /shared/savepoints/savepoint-6f1c2a-7\n  \
-        jm job dispose-savepoint /shared/savepoints/savepoint-6f1c2a-7 --no-wait -o json")]
+    #[command(after_long_help = super::examples(DISPOSE_EXAMPLES))]
     DisposeSavepoint {
         /// The savepoint's directory, as `jm job savepoint` printed it.
         path: String,

@@ -214,6 +214,7 @@ fn deliver_events(active: &ActiveTerm, events: Vec<TaskEvent>) -> FromJobManager
 /// The body of a term: liveness checks, savepoint disposals, and a JobMaster for every live job.
 async fn lead(active: Arc<ActiveTerm>, ctx: Arc<JobMasterContext>) {
     let mut tasks = JoinSet::new();
+    tasks.spawn(record_leader_change(ctx.node.clone(), active.term));
     tasks.spawn(active.rm.clone().run_liveness());
     tasks.spawn(crate::checkpoint::disposal::run(ctx.node.clone()).instrument(tracing::info_span!("disposal")));
     let mut stopped_at: HashMap<JobId, Instant> = HashMap::new();
@@ -234,6 +235,18 @@ async fn lead(active: Arc<ActiveTerm>, ctx: Arc<JobMasterContext>) {
                 tasks.spawn(run_job_master(ctx.clone(), job_id, rx).instrument(span));
             }
         }
+    }
+}
+
+/// Adds this term to the cluster's replicated history of leader changes, with how long the cluster went without a
+/// leader as this replica saw it. Best effort: the history is for people; a leader that cannot commit it is about to
+/// lose its term anyway.
+async fn record_leader_change(node: Arc<ReplicaNode>, term: u64) {
+    let leaderless_ms = node.ms_since_other_leader_contact();
+    let command = Command::RecordLeaderChange { term, leader: node.id, at_ms: node.clock().now_ms(), leaderless_ms };
+    match node.write(command).await {
+        Ok(_) => tracing::info!(term, ?leaderless_ms, "recorded the leader change"),
+        Err(e) => tracing::warn!(term, error = %e, "could not record the leader change"),
     }
 }
 

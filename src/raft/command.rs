@@ -45,6 +45,8 @@ pub type TaskManagerId = String;
 pub type Epoch = u64;
 /// A checkpoint id, allocated per job from 1 upwards; 0 means "none".
 pub type CheckpointId = u64;
+/// A replica's id (the Raft node id).
+pub use super::types::NodeId;
 
 /// Version of the encoding written by [`encode`] for log entries and snapshots. The storage layer records it next to
 /// the bytes; bump it only for a change that the append-only rules of this module cannot express, together with a
@@ -491,6 +493,20 @@ pub enum Command {
         /// When it ended.
         at_ms: u64,
     },
+    /// Records that a new leader started its leader-only services: the cluster's history of failovers, for
+    /// `/cluster` and the dashboard. Proposed once per term by that leader; a term not after the last recorded one
+    /// is refused, so a deposed leader cannot rewrite the history.
+    RecordLeaderChange {
+        /// The leader's term.
+        term: u64,
+        /// The leader.
+        leader: NodeId,
+        /// When it took over, on its clock.
+        at_ms: u64,
+        /// How long it had not heard from any leader when it took over (the cluster's time without a working leader,
+        /// as it saw it); `None` if it never heard from one since it started.
+        leaderless_ms: Option<u64>,
+    },
     // New variants go here, at the end. Read the comment above the enum first.
 }
 
@@ -518,6 +534,7 @@ impl Command {
             Self::ResolveSavepointRequest { .. } => "resolve_savepoint_request",
             Self::RequestSavepointDisposal { .. } => "request_savepoint_disposal",
             Self::ResolveSavepointDisposal { .. } => "resolve_savepoint_disposal",
+            Self::RecordLeaderChange { .. } => "record_leader_change",
         }
     }
 
@@ -543,7 +560,8 @@ impl Command {
             Self::RegisterTaskManager { .. }
             | Self::UnregisterTaskManager { .. }
             | Self::Batch { .. }
-            | Self::ResolveSavepointDisposal { .. } => None,
+            | Self::ResolveSavepointDisposal { .. }
+            | Self::RecordLeaderChange { .. } => None,
         }
     }
 }
@@ -688,6 +706,11 @@ pub enum Response {
     SavepointDisposalResolved {
         /// The request id.
         request_id: String,
+    },
+    /// A `RecordLeaderChange` was accepted.
+    LeaderChangeRecorded {
+        /// The leader's term.
+        term: u64,
     },
 }
 
@@ -1157,6 +1180,15 @@ mod tests {
             "130272310009",
         );
         assert_golden(Response::SavepointDisposalResolved { request_id: "r1".to_string() }, "13027231");
+    }
+
+    #[test]
+    fn golden_record_leader_change() {
+        assert_golden(
+            Command::RecordLeaderChange { term: 7, leader: 2, at_ms: 9, leaderless_ms: Some(340) },
+            "1407020901fb5401",
+        );
+        assert_golden(Response::LeaderChangeRecorded { term: 7 }, "1407");
     }
 
     #[test]

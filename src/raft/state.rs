@@ -49,6 +49,7 @@ use super::command::{
     MAX_METADATA_KEY_BYTES, MAX_METADATA_VALUE_BYTES, MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_RETAINED_CHECKPOINTS,
     MAX_SLOTS_PER_TASK_MANAGER, MAX_STATUS_HISTORY,
 };
+use super::types::NodeId;
 
 /// Most failures kept per job (Flink's exception history); older ones are dropped first.
 pub const MAX_EXCEPTIONS: usize = 32;
@@ -75,6 +76,26 @@ pub struct ClusterState {
     pub last_index: LogIndex,
     /// The most recent savepoint disposals, by request id (at most [`MAX_SAVEPOINT_DISPOSALS`]).
     pub savepoint_disposals: BTreeMap<String, SavepointDisposal>,
+    /// The most recent leader changes, oldest first, terms strictly increasing (at most [`MAX_LEADER_CHANGES`]).
+    pub leader_changes: VecDeque<LeaderChange>,
+}
+
+/// Most leader changes kept; older ones are dropped first.
+pub const MAX_LEADER_CHANGES: usize = 32;
+
+/// A leader that started its leader-only services.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderChange {
+    /// Its term.
+    pub term: u64,
+    /// The new leader.
+    pub leader: NodeId,
+    /// The leader recorded before it, if any was.
+    pub previous: Option<NodeId>,
+    /// When it took over, on its clock.
+    pub at_ms: u64,
+    /// How long it had heard from no leader when it took over, if it had ever heard from one.
+    pub leaderless_ms: Option<u64>,
 }
 
 /// A job and everything the cluster remembers about it.
@@ -334,7 +355,32 @@ impl ClusterState {
             Command::ResolveSavepointDisposal { request_id, outcome, at_ms } => {
                 self.apply_resolve_savepoint_disposal(request_id, outcome, at_ms)
             }
+            Command::RecordLeaderChange { term, leader, at_ms, leaderless_ms } => {
+                self.apply_record_leader_change(term, leader, at_ms, leaderless_ms)
+            }
         }
+    }
+
+    fn apply_record_leader_change(
+        &mut self,
+        term: u64,
+        leader: NodeId,
+        at_ms: u64,
+        leaderless_ms: Option<u64>,
+    ) -> Result<Response, DeterministicError> {
+        let last = self.leader_changes.back();
+        if let Some(last) = last.filter(|last| last.term >= term) {
+            return Err(DeterministicError::InvalidArgument {
+                field: "term".to_string(),
+                reason: format!("term {term} is not after the last recorded leader change (term {})", last.term),
+            });
+        }
+        let previous = last.map(|l| l.leader);
+        self.leader_changes.push_back(LeaderChange { term, leader, previous, at_ms, leaderless_ms });
+        while self.leader_changes.len() > MAX_LEADER_CHANGES {
+            self.leader_changes.pop_front();
+        }
+        Ok(Response::LeaderChangeRecorded { term })
     }
 
     fn apply_submit_job(&mut self, index: LogIndex, s: Submission) -> Result<Response, DeterministicError> {
@@ -915,7 +961,19 @@ impl ClusterState {
         self.check_leases()?;
         self.check_idempotency_keys()?;
         self.check_savepoint_disposals()?;
+        self.check_leader_changes()?;
         self.jobs.iter().try_for_each(|(id, job)| check_job(id, job))
+    }
+
+    fn check_leader_changes(&self) -> Result<(), String> {
+        if self.leader_changes.len() > MAX_LEADER_CHANGES {
+            return Err(format!("{} leader changes are kept", self.leader_changes.len()));
+        }
+        let terms: Vec<u64> = self.leader_changes.iter().map(|c| c.term).collect();
+        if terms.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(format!("leader change terms do not increase: {terms:?}"));
+        }
+        Ok(())
     }
 
     fn check_savepoint_disposals(&self) -> Result<(), String> {
@@ -2030,16 +2088,38 @@ mod tests {
             outcome: DisposalOutcome::Disposed,
             at_ms: 6,
         });
+        h.ok(Command::RecordLeaderChange { term: 2, leader: 3, at_ms: 7, leaderless_ms: Some(8) });
         let hex: String = encode(&h.state).iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(crate::raft::log_store::STORAGE_FORMAT_VERSION, 3, "the snapshot format changed: see above");
         let expected = concat!(
             "01203030303030303030303030303030303030303030303030303030303030303031203030303030303030303030303030303030",
             "30303030303030303030303030303109776f7264636f756e74026b31027b7d010000646401020000000101640000000000000001",
             "026b312030303030303030303030303030303030303030303030303030303030303030310104746d2d3104746d2d310d31302e30",
-            "2e302e313a3631323201003232000401026431052f73702f31012030303030303030303030303030303030303030303030303030",
-            "30303030303031050301000106",
+            "2e302e313a3631323201003232000501026431052f73702f31012030303030303030303030303030303030303030303030303030",
+            "3030303030303105030100010601020300070108",
         );
         assert_eq!(hex, expected, "the snapshot format changed: bump STORAGE_FORMAT_VERSION");
+    }
+
+    #[test]
+    fn leader_changes_keep_increasing_terms_and_a_bounded_history() {
+        let mut h = Harness::with_running_job();
+        let record = |term, leader| Command::RecordLeaderChange { term, leader, at_ms: 100, leaderless_ms: Some(40) };
+        h.ok(record(3, 1));
+        h.ok(record(5, 2));
+        let change = h.state.leader_changes.back().unwrap().clone();
+        assert_eq!((change.term, change.leader, change.previous), (5, 2, Some(1)));
+        for stale in [5, 4] {
+            // A deposed leader's term must not rewrite the history.
+            let reason = format!("term {stale} is not after the last recorded leader change (term 5)");
+            h.rejects(record(stale, 3), DeterministicError::InvalidArgument { field: "term".to_string(), reason });
+        }
+        for term in 6..6 + MAX_LEADER_CHANGES as u64 {
+            h.ok(record(term, term % 3 + 1));
+        }
+        assert_eq!(h.state.leader_changes.len(), MAX_LEADER_CHANGES);
+        assert_eq!(h.state.leader_changes.front().unwrap().term, 6, "the oldest are dropped first");
+        h.state.check_invariants().unwrap();
     }
 
     #[test]
@@ -2242,6 +2322,9 @@ mod properties {
                     if ok { DisposalOutcome::Disposed } else { DisposalOutcome::Failed { message: "denied".to_string() } };
                 Command::ResolveSavepointDisposal { request_id: request_id.to_string(), outcome, at_ms }
             }),
+            1 => (0u64..6, 1u64..4, at_ms(), prop::option::of(0u64..2000)).prop_map(
+                |(term, leader, at_ms, leaderless_ms)| Command::RecordLeaderChange { term, leader, at_ms, leaderless_ms }
+            ),
         ]
     }
 

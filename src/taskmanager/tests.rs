@@ -299,6 +299,11 @@ async fn an_attempt_older_than_the_one_running_is_refused_and_concurrent_deploys
     );
     assert_eq!((a, b), (FromTaskManager::Ok, FromTaskManager::Ok));
     wait_for_states(&tm, token(1, 1), "j", &[(2, TaskState::Running)]).await;
+    // Events reach the leader asynchronously, in order: once RUNNING arrived, every DEPLOYING before it did too.
+    jm.wait_for_event("attempt 2 running", |e| {
+        matches!(e, TaskEvent::StateChanged { attempt: 2, state: TaskState::Running, .. })
+    })
+    .await;
     let deploying = jm
         .events()
         .iter()

@@ -2,7 +2,7 @@
 //! (kebab-case where Flink uses it, camelCase where Flink does), so Flink's own clients and dashboards can read
 //! them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde_json::{json, Value};
 
@@ -11,7 +11,7 @@ use crate::cluster::{ClusterError, ReplicaNode, ReplicaStatus};
 use crate::jobgraph::{JobGraph, JobSpec, OperatorSpec};
 use crate::leader::runtime::{JobRuntime, SubtaskRuntime};
 use crate::raft::command::{CompletedCheckpoint, DisposalOutcome, SavepointOutcome};
-use crate::raft::state::{Job, SavepointDisposal, SavepointRequest, TaskManagerInfo};
+use crate::raft::state::{Job, LeaderChange, SavepointDisposal, SavepointRequest, TaskManagerInfo};
 use crate::raft::{JobStatus, NodeId};
 use crate::taskmanager::protocol::TaskState;
 
@@ -496,8 +496,13 @@ pub fn task_manager(tm: &TaskManagerInfo, free: u32, now: u64) -> Value {
     })
 }
 
-/// `GET /cluster` (ours): replicas, leader, term, and each replica's log position and lag.
-pub fn cluster(node: &ReplicaNode, statuses: &BTreeMap<NodeId, Result<ReplicaStatus, ClusterError>>) -> Value {
+/// `GET /cluster` (ours): replicas, leader, term, each replica's zone, log position and lag, and the most recent
+/// leader changes (newest first), from the replicated history.
+pub fn cluster(
+    node: &ReplicaNode,
+    statuses: &BTreeMap<NodeId, Result<ReplicaStatus, ClusterError>>,
+    changes: &VecDeque<LeaderChange>,
+) -> Value {
     let metrics = node.metrics();
     let leader_commit = statuses
         .values()
@@ -544,6 +549,13 @@ pub fn cluster(node: &ReplicaNode, statuses: &BTreeMap<NodeId, Result<ReplicaSta
         "leader": metrics.current_leader,
         "term": metrics.current_term,
         "replicas": replicas,
+        "leader_changes": changes.iter().rev().map(|c| json!({
+            "term": c.term,
+            "leader": c.leader,
+            "previous": c.previous,
+            "at": c.at_ms,
+            "leaderless_ms": c.leaderless_ms,
+        })).collect::<Vec<_>>(),
     })
 }
 

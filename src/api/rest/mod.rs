@@ -399,7 +399,8 @@ async fn prometheus(State(d): Api) -> Response {
 async fn cluster(State(d): Api) -> Reply {
     let node = d.node();
     let statuses = node.cluster_status().await;
-    ok(flink::cluster(node, &statuses))
+    let changes = node.state().read(|s| s.cluster.leader_changes.clone());
+    ok(flink::cluster(node, &statuses, &changes))
 }
 
 /// Parses an optional JSON body: empty means all defaults.
