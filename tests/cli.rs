@@ -145,6 +145,15 @@ fn a_replica_refuses_a_data_dir_it_cannot_read() {
         .output()
         .unwrap();
     assert_server_error(&out, "not in the peer list");
+
+    // A --peer-via naming this replica or a stranger.
+    for via in ["1=127.0.0.1:9", "7=127.0.0.1:9", "2"] {
+        let out = Command::new(jm())
+            .args(["server", "--id", "1", "--peers", peers, "--peer-via", via, "--data-dir", data.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_server_error(&out, "--peer-via");
+    }
 }
 
 fn alive(pid: u32) -> bool {

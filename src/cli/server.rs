@@ -11,7 +11,7 @@
 //! heartbeat_ms = 100
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,6 +113,10 @@ pub struct ServerArgs {
     /// The failure domain (availability zone) this replica runs in, shown by `/cluster` and the dashboard.
     #[arg(long, env = "JM_ZONE")]
     pub zone: Option<String>,
+    /// Dial some peers at other addresses than the ones in --peers: `ID=ADDR,...` (a proxy or NAT in between;
+    /// the chaos suite puts its fault-injecting proxies here).
+    #[arg(long, env = "JM_PEER_VIA")]
+    pub peer_via: Option<String>,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -139,6 +143,7 @@ struct FileConfig {
     slot_request_timeout_ms: Option<u64>,
     http_listen: Option<String>,
     zone: Option<String>,
+    peer_via: Option<String>,
 }
 
 /// Parses `ID=RAFT_ADDR/API_ADDR,...`.
@@ -179,6 +184,8 @@ pub struct Resolved {
     pub api_listen: String,
     /// Where the REST API listens, if anywhere.
     pub http_listen: Option<String>,
+    /// Peers dialed at another address than their advertised one.
+    pub peer_via: HashMap<NodeId, String>,
 }
 
 /// Merges flags, environment and file into a configuration.
@@ -236,6 +243,10 @@ pub fn resolve(args: ServerArgs) -> Result<Resolved> {
         },
     };
     let zone = args.zone.or(file.zone).map(|z| z.trim().to_string()).filter(|z| !z.is_empty());
+    let peer_via = match args.peer_via.or(file.peer_via) {
+        Some(text) => parse_peer_via(&text, &peers, id)?,
+        None => HashMap::new(),
+    };
     let node = NodeConfig { id, data_dir, peers, timing, compaction, zone };
     node.validate().map_err(|e| anyhow!(e))?;
     Ok(Resolved {
@@ -244,7 +255,24 @@ pub fn resolve(args: ServerArgs) -> Result<Resolved> {
         raft_listen: args.raft_listen.or(file.raft_listen).unwrap_or(own.raft_addr),
         api_listen: args.api_listen.or(file.api_listen).unwrap_or(own.api_addr),
         http_listen: args.http_listen.or(file.http_listen),
+        peer_via,
     })
+}
+
+/// Parses `ID=ADDR,...` for `--peer-via`; every id must be a peer other than this replica.
+fn parse_peer_via(text: &str, peers: &BTreeMap<NodeId, Node>, own: NodeId) -> Result<HashMap<NodeId, String>> {
+    let mut via = HashMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part.split_once('=').ok_or_else(|| anyhow!("--peer-via {part:?} is not ID=ADDR"))?;
+        let id: NodeId = id.trim().parse().map_err(|_| anyhow!("--peer-via: peer id {id:?} is not a number"))?;
+        if id == own || !peers.contains_key(&id) {
+            bail!("--peer-via: {id} is not another replica in --peers");
+        }
+        if addr.trim().is_empty() || via.insert(id, addr.trim().to_string()).is_some() {
+            bail!("--peer-via: peer {id} has an empty or repeated address");
+        }
+    }
+    Ok(via)
 }
 
 /// Runs a replica until SIGTERM or Ctrl-C.
@@ -272,9 +300,14 @@ async fn run_replica(resolved: Resolved) -> Result<()> {
     let raft_listener = grpc::bind(&resolved.raft_listen).await.map_err(|e| anyhow!(e))?;
     let api_listener = grpc::bind(&resolved.api_listen).await.map_err(|e| anyhow!(e))?;
     let engine = SledEngine::open(&config.data_dir.join("raft"))?;
-    let node = ReplicaNode::start(config, Arc::new(engine), Arc::new(GrpcTransport::new()), Arc::new(SystemClock))
-        .await
-        .context("replica failed to start")?;
+    let node = ReplicaNode::start(
+        config,
+        Arc::new(engine),
+        Arc::new(GrpcTransport::new().with_dial_via(resolved.peer_via.clone())),
+        Arc::new(SystemClock),
+    )
+    .await
+    .context("replica failed to start")?;
     let gateway = Arc::new(GrpcTaskExecutorGateway::new());
     let services = LeaderServices::start(node.clone(), leader_config.clone(), gateway);
     let runtime = Arc::new(GrpcRuntimeSource::new(services.clone()));

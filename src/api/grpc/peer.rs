@@ -31,12 +31,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Default)]
 pub struct GrpcTransport {
     channels: Mutex<HashMap<String, Channel>>,
+    /// Addresses to dial instead of a peer's advertised Raft address (`jm server --peer-via`).
+    via: HashMap<NodeId, String>,
 }
 
 impl GrpcTransport {
     /// A transport with no connections yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same transport, dialing peer `id` at `via[id]` instead of its advertised address: for a proxy between
+    /// replicas (the chaos suite's partitions) or a NAT. Membership and what other replicas see do not change.
+    pub fn with_dial_via(mut self, via: HashMap<NodeId, String>) -> Self {
+        self.via = via;
+        self
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, TransportError> {
@@ -78,13 +87,13 @@ fn is_connect_failure(status: &Status) -> bool {
 impl PeerTransport for GrpcTransport {
     fn call(
         &self,
-        _target: NodeId,
+        target: NodeId,
         node: &Node,
         call: PeerCall,
         payload: Vec<u8>,
         timeout: Duration,
     ) -> BoxFuture<Result<Vec<u8>, TransportError>> {
-        let channel = self.channel(&node.raft_addr);
+        let channel = self.channel(self.via.get(&target).unwrap_or(&node.raft_addr));
         // Read here, in the caller's task: the returned future may be polled anywhere.
         let request_id = request_id::current().and_then(|id| id.parse::<MetadataValue<Ascii>>().ok());
         Box::pin(async move {

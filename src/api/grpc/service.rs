@@ -267,22 +267,37 @@ impl JobManager for JobManagerService {
         .await
     }
 
+    async fn state_digest(
+        &self,
+        request: Request<pb::StateDigestRequest>,
+    ) -> Result<Response<pb::StateDigestReply>, Status> {
+        self.traced("StateDigest", Loud::Quiet, request, |_| async move {
+            let node = self.dispatcher.node();
+            let (applied_index, digest) =
+                node.state().read(|s| (s.last_applied.map_or(0, |l| l.index), s.cluster.digest()));
+            Ok(Response::new(pb::StateDigestReply { node_id: self.id(), applied_index, digest }))
+        })
+        .await
+    }
+
     async fn get_job_runtime(
         &self,
         request: Request<pb::GetJobRuntimeRequest>,
     ) -> Result<Response<pb::GetJobRuntimeReply>, Status> {
-        let r = request.into_inner();
-        crate::dispatcher::check_job_id(&r.job_id)?;
-        let runtime = if r.local_only {
-            self.dispatcher.local_job_runtime(&r.job_id)
-        } else {
-            Some(self.dispatcher.job_runtime(&r.job_id).await?)
-        };
-        Ok(Response::new(pb::GetJobRuntimeReply {
-            leading: runtime.is_some(),
-            subtasks: runtime.iter().flat_map(|rt| rt.subtasks.iter().map(convert::subtask_runtime)).collect(),
-            served_by: self.id(),
-        }))
+        self.traced("GetJobRuntime", Loud::Quiet, request, |r| async move {
+            crate::dispatcher::check_job_id(&r.job_id)?;
+            let runtime = if r.local_only {
+                self.dispatcher.local_job_runtime(&r.job_id)
+            } else {
+                Some(self.dispatcher.job_runtime(&r.job_id).await?)
+            };
+            Ok(Response::new(pb::GetJobRuntimeReply {
+                leading: runtime.is_some(),
+                subtasks: runtime.iter().flat_map(|rt| rt.subtasks.iter().map(convert::subtask_runtime)).collect(),
+                served_by: self.id(),
+            }))
+        })
+        .await
     }
 
     async fn task_manager_call(
