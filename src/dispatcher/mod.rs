@@ -406,6 +406,19 @@ impl Dispatcher {
         Ok((tms, read))
     }
 
+    /// Every slot lease (slot, holder, epoch), from one read of the applied state.
+    pub async fn slot_leases(
+        &self,
+        consistency: Consistency,
+    ) -> Result<(Vec<(crate::raft::SlotId, crate::raft::state::SlotLease)>, ReadInfo), DispatchError> {
+        let read = self.node.read_barrier(consistency).await?;
+        let leases = self
+            .node
+            .state()
+            .read(|s| s.cluster.slot_leases.iter().map(|(slot, lease)| (slot.clone(), lease.clone())).collect());
+        Ok((leases, read))
+    }
+
     /// The leader's live view of a job's subtasks: asked locally when this replica leads, of the leader otherwise,
     /// waiting (bounded by the write timeout) through an election or a leader that has not started its services.
     /// The job must exist (a linearizable read checks it); a job without running tasks has an empty view.

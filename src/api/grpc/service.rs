@@ -267,6 +267,26 @@ impl JobManager for JobManagerService {
         .await
     }
 
+    async fn list_slot_leases(
+        &self,
+        request: Request<pb::ListSlotLeasesRequest>,
+    ) -> Result<Response<pb::ListSlotLeasesReply>, Status> {
+        self.traced("ListSlotLeases", Loud::Quiet, request, |r| async move {
+            let (leases, read) = self.dispatcher.slot_leases(convert::consistency(r.consistency)).await?;
+            let leases = leases
+                .into_iter()
+                .map(|(slot, lease)| pb::SlotLease {
+                    tm_id: slot.tm,
+                    index: slot.index,
+                    job_id: lease.job_id,
+                    epoch: lease.epoch,
+                })
+                .collect();
+            Ok(Response::new(pb::ListSlotLeasesReply { leases, read: Some(convert::read_info(&read)) }))
+        })
+        .await
+    }
+
     async fn state_digest(
         &self,
         request: Request<pb::StateDigestRequest>,
