@@ -4,5 +4,12 @@
 //! whether the cluster's own invariants held. See `jepsen/README.md` for how to run it and `jepsen/OUTCOMES.md` for
 //! what `ok`, `fail` and `info` mean.
 
+pub mod check;
 pub mod checker;
+pub mod deploy;
 pub mod history;
+pub mod nemesis;
+pub mod recorder;
+pub mod report;
+pub mod run;
+pub mod workload;

@@ -1,0 +1,143 @@
+//! The nemesis: faults injected on a schedule, each recorded in the history as a window (`f` = `nemesis`, a
+//! `start` and a `stop` event) so checkers and plots can relate anomalies and latency to faults.
+//!
+//! Every few seconds the scheduler picks one of the enabled [`Fault`]s at random, applies it, holds it, and heals
+//! it (restarting what it killed, resuming what it paused, reconnecting what it cut), then waits before the next.
+//! Faults are composable in the sense Jepsen's are: the run's set is any combination, and `all` enables every one.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+/// One kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// SIGKILL the leader, restart it after a while.
+    KillLeader,
+    /// SIGKILL a random replica, restart it after a while.
+    KillRandom,
+    /// SIGSTOP the leader past its lease, then SIGCONT.
+    PauseLeader,
+    /// Cut the leader off from every other replica.
+    PartitionLeader,
+    /// A random majority and minority.
+    PartitionHalves,
+    /// Overlapping majorities: every replica sees a majority, no two see the same one.
+    PartitionRing,
+    /// One replica's messages to another are dropped; the other direction works.
+    PartitionOneWay,
+    /// Every link delayed (with jitter).
+    Delay,
+    /// Every link loses "packets" (stalls, as TCP retransmits).
+    Loss,
+    /// SIGKILL every replica at once, then restart them all.
+    RestartAll,
+    /// SIGKILL a TaskManager, restart it after a while.
+    KillTaskManager,
+}
+
+impl Fault {
+    /// Every fault.
+    pub const ALL: [Fault; 11] = [
+        Fault::KillLeader,
+        Fault::KillRandom,
+        Fault::PauseLeader,
+        Fault::PartitionLeader,
+        Fault::PartitionHalves,
+        Fault::PartitionRing,
+        Fault::PartitionOneWay,
+        Fault::Delay,
+        Fault::Loss,
+        Fault::RestartAll,
+        Fault::KillTaskManager,
+    ];
+
+    /// The bounded CI run's set: leader kills and partitions.
+    pub const SMOKE: [Fault; 4] =
+        [Fault::KillLeader, Fault::PartitionLeader, Fault::PartitionHalves, Fault::PartitionRing];
+
+    /// Its name on the command line and in the history.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::KillLeader => "kill-leader",
+            Fault::KillRandom => "kill-random",
+            Fault::PauseLeader => "pause-leader",
+            Fault::PartitionLeader => "partition-leader",
+            Fault::PartitionHalves => "partition-halves",
+            Fault::PartitionRing => "partition-ring",
+            Fault::PartitionOneWay => "partition-one-way",
+            Fault::Delay => "delay",
+            Fault::Loss => "loss",
+            Fault::RestartAll => "restart-all",
+            Fault::KillTaskManager => "kill-taskmanager",
+        }
+    }
+}
+
+/// Parses `all`, `smoke`, `none` or a comma-separated list of fault names.
+pub fn parse_faults(text: &str) -> Result<Vec<Fault>, String> {
+    let mut faults = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part {
+            "all" => faults.extend(Fault::ALL),
+            "smoke" => faults.extend(Fault::SMOKE),
+            "none" => {}
+            name => faults.push(Fault::from_str(name)?),
+        }
+    }
+    faults.dedup();
+    Ok(faults)
+}
+
+impl FromStr for Fault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Fault::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+            format!("unknown fault {s:?}; known: all, smoke, none, {}", names.join(", "))
+        })
+    }
+}
+
+/// When faults happen.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// Quiet time between two faults.
+    pub interval: Duration,
+    /// How long a fault is held before it is healed.
+    pub hold: Duration,
+}
+
+impl Schedule {
+    /// A random quiet period around the interval (±50%), so faults do not beat in step with timers.
+    pub fn quiet(&self, rng: &mut impl Rng) -> Duration {
+        self.interval.mul_f64(rng.gen_range(0.5..1.5))
+    }
+
+    /// A random hold around the configured one (±50%).
+    pub fn hold(&self, rng: &mut impl Rng) -> Duration {
+        self.hold.mul_f64(rng.gen_range(0.5..1.5))
+    }
+}
+
+/// Picks the next fault.
+pub fn pick(faults: &[Fault], rng: &mut impl Rng) -> Option<Fault> {
+    faults.choose(rng).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_lists_parse_and_unknown_names_are_refused_with_the_known_ones() {
+        assert_eq!(parse_faults("all").unwrap().len(), Fault::ALL.len());
+        assert_eq!(parse_faults("kill-leader, delay").unwrap(), vec![Fault::KillLeader, Fault::Delay]);
+        assert!(parse_faults("none").unwrap().is_empty());
+        let error = parse_faults("kill-everything").unwrap_err();
+        assert!(error.contains("kill-leader") && error.contains("kill-everything"), "{error}");
+    }
+}

@@ -1,0 +1,423 @@
+//! One run: deploy, set up, drive the clients and the nemesis for the configured time, heal, wait, read
+//! everything back, stop, check, and write the report directory.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use crate::deploy::{LocalCluster, LocalOptions, PAST_LEASE};
+use crate::history::OpType;
+use crate::nemesis::{self, Fault, Schedule};
+use crate::net::Net;
+use crate::recorder::Recorder;
+use crate::workload::{self as w, Clients};
+
+/// Settings of a run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// How long clients and the nemesis run (before the heal and the final reads).
+    pub time: Duration,
+    /// Replicas.
+    pub replicas: u64,
+    /// TaskManagers.
+    pub task_managers: u64,
+    /// Concurrent client processes.
+    pub concurrency: usize,
+    /// Enabled faults.
+    pub faults: Vec<Fault>,
+    /// When faults happen.
+    pub schedule: Schedule,
+    /// The report directory.
+    pub dir: PathBuf,
+    /// Random seed (workload choices and the nemesis).
+    pub seed: u64,
+}
+
+/// Register keys of the register workload (metadata keys of one holder job).
+const REGISTER_KEYS: [&str; 5] = ["r0", "r1", "r2", "r3", "r4"];
+/// Checkpointing jobs whose checkpoints are read back.
+const CHECKPOINT_JOBS: [&str; 2] = ["ckpt-1", "ckpt-2"];
+
+/// What the run set up, shared by the clients.
+struct Setup {
+    holder: String,
+    checkpoint_jobs: Vec<String>,
+}
+
+/// What the run produced.
+pub struct Outcome {
+    /// The report directory.
+    pub dir: PathBuf,
+    /// The history.
+    pub history: Vec<crate::history::Op>,
+    /// The processes' logs, by name.
+    pub logs: Vec<(String, String)>,
+}
+
+/// Runs the whole thing.
+pub async fn run(options: &RunOptions) -> Result<Outcome> {
+    std::fs::create_dir_all(&options.dir).with_context(|| format!("cannot create {}", options.dir.display()))?;
+    let local = LocalOptions {
+        replicas: options.replicas,
+        task_managers: options.task_managers,
+        slots: 32,
+        server_args: Vec::new(),
+    };
+    let addrs = LocalCluster::plan(&local)?;
+    let net = Net::start(addrs.iter().map(|(id, a)| (*id, a.raft)).collect()).await?;
+    let via = addrs.keys().map(|id| (*id, net.via(*id))).collect();
+    let cluster = LocalCluster::start(&options.dir, &local, addrs, &via)?;
+    let cluster = Arc::new(Mutex::new(cluster));
+    let recorder = Recorder::new();
+    let clients = Arc::new(Clients::default());
+    let apis = lock(&cluster).api_addrs();
+
+    if wait_for_leader(&clients, &apis, Duration::from_secs(30)).await.is_none() {
+        lock(&cluster).stop();
+        bail!("no leader within 30 s: see the replicas' logs in {}", options.dir.display());
+    }
+    let setup = Arc::new(set_up(&clients, &apis).await?);
+    tracing::info!(holder = %setup.holder, "set up; running clients and nemesis");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicU64::new(1));
+    let submitted: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..options.concurrency {
+        let ctx = ClientCtx {
+            recorder: recorder.clone(),
+            clients: clients.clone(),
+            apis: apis.clone(),
+            setup: setup.clone(),
+            counter: counter.clone(),
+            submitted: submitted.clone(),
+            stop: stop.clone(),
+        };
+        tasks.spawn(client_loop(ctx, options.seed.wrapping_add(n as u64)));
+    }
+    let tm_http: Vec<String> = lock(&cluster).task_managers.values().map(|(_, http)| http.clone()).collect();
+    tasks.spawn(observe(recorder.clone(), clients.clone(), apis.clone(), tm_http.clone(), stop.clone()));
+    let net = Arc::new(net);
+    let nemesis = tokio::spawn(run_nemesis(
+        options.clone(),
+        cluster.clone(),
+        net.clone(),
+        clients.clone(),
+        recorder.clone(),
+        stop.clone(),
+    ));
+
+    tokio::time::sleep(options.time).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = nemesis.await;
+    while tasks.join_next().await.is_some() {}
+
+    // Heal, wait, read back.
+    recorder.nemesis("start", "heal");
+    net.heal();
+    lock(&cluster).heal_processes()?;
+    recorder.nemesis("stop", "heal");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for_leader(&clients, &apis, Duration::from_secs(30)).await;
+    final_reads(&recorder, &clients, &apis, &setup, &tm_http).await;
+    lock(&cluster).stop();
+    let logs = lock(&cluster).logs();
+    let history = recorder.snapshot();
+    crate::history::write_jsonl(&options.dir.join("history.jsonl"), &history)?;
+    Ok(Outcome { dir: options.dir.clone(), history, logs })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The leader any replica knows of.
+async fn leader(clients: &Clients, apis: &BTreeMap<u64, String>) -> Option<u64> {
+    for addr in apis.values() {
+        let mut c = clients.client(addr);
+        let call = c.cluster_status(jobmanager::api::grpc::pb::ClusterStatusRequest {});
+        if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_millis(800), call).await {
+            if let Some(leader) = reply.into_inner().leader {
+                return Some(leader);
+            }
+        }
+    }
+    None
+}
+
+async fn wait_for_leader(clients: &Clients, apis: &BTreeMap<u64, String>, timeout: Duration) -> Option<u64> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(id) = leader(clients, apis).await {
+            return Some(id);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+/// Submits the register holder and the checkpointing jobs, retrying through the replicas.
+async fn set_up(clients: &Clients, apis: &BTreeMap<u64, String>) -> Result<Setup> {
+    let submit = |spec: String, key: String| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            for addr in apis.values() {
+                if let Ok(id) = w::submit_spec(&mut clients.client(addr), &spec, &key).await {
+                    return Ok(id);
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("could not submit the setup job {key}");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    let holder = submit(
+        "name: register-holder\nvertices:\n  - id: source\n    operators: [{sequence: {rate: 1}}, {blackhole: {}}]\n"
+            .to_string(),
+        "setup-register-holder".into(),
+    )
+    .await?;
+    let mut checkpoint_jobs = Vec::new();
+    for name in CHECKPOINT_JOBS {
+        checkpoint_jobs.push(submit(w::checkpoint_job_spec(name), format!("setup-{name}")).await?);
+    }
+    Ok(Setup { holder, checkpoint_jobs })
+}
+
+struct ClientCtx {
+    recorder: Recorder,
+    clients: Arc<Clients>,
+    apis: BTreeMap<u64, String>,
+    setup: Arc<Setup>,
+    counter: Arc<AtomicU64>,
+    submitted: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// One client: random operations through random replicas until the run ends. A process whose operation is
+/// indeterminate is retired and the client continues as a fresh process.
+async fn client_loop(ctx: ClientCtx, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut process = ctx.recorder.new_process();
+    let nodes: Vec<u64> = ctx.apis.keys().copied().collect();
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let node = nodes[rng.gen_range(0..nodes.len())];
+        let mut c = ctx.clients.client(&ctx.apis[&node]);
+        let r = &ctx.recorder;
+        let roll = rng.gen_range(0..100);
+        let outcome = if roll < 30 {
+            let key = REGISTER_KEYS[rng.gen_range(0..REGISTER_KEYS.len())];
+            let value = ctx.counter.fetch_add(1, Ordering::Relaxed);
+            let op = w::write(&mut c, &ctx.setup.holder, key, value);
+            w::record(r, process, "write", Some(key.to_string()), json!(value), Some(node), op).await
+        } else if roll < 60 {
+            let key = REGISTER_KEYS[rng.gen_range(0..REGISTER_KEYS.len())];
+            let op = w::read(&mut c, &ctx.setup.holder, key);
+            w::record(r, process, "read", Some(key.to_string()), Value::Null, Some(node), op).await
+        } else if roll < 75 {
+            let client_id = format!("{}{}", w::SET_PREFIX, ctx.counter.fetch_add(1, Ordering::Relaxed));
+            let pending = r.invoke(process, "submit", Some(client_id.clone()), Value::Null, Some(node));
+            let outcome = w::submit(&mut c, &client_id).await;
+            if let Some(job_id) = outcome.value["job_id"].as_str() {
+                lock(&ctx.submitted).push(job_id.to_string());
+            }
+            let op_type = outcome.op_type;
+            r.complete(pending, outcome.op_type, outcome.value, outcome.error);
+            op_type
+        } else if roll < 80 {
+            let job = {
+                let submitted = lock(&ctx.submitted);
+                (!submitted.is_empty()).then(|| submitted[rng.gen_range(0..submitted.len())].clone())
+            };
+            match job {
+                Some(job_id) => {
+                    let op = w::cancel(&mut c, &job_id);
+                    w::record(r, process, "cancel", Some(job_id.clone()), Value::Null, Some(node), op).await
+                }
+                None => OpType::Ok,
+            }
+        } else if roll < 90 {
+            w::record(r, process, "read-jobs", None, Value::Null, Some(node), w::read_jobs(&mut c)).await
+        } else {
+            let job = &ctx.setup.checkpoint_jobs[rng.gen_range(0..ctx.setup.checkpoint_jobs.len())];
+            let op = w::read_checkpoints(&mut c, job);
+            w::record(r, process, "read-checkpoints", Some(job.clone()), Value::Null, Some(node), op).await
+        };
+        if outcome == OpType::Info {
+            process = ctx.recorder.new_process();
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(5..40))).await;
+    }
+}
+
+/// Observers: every replica's view of itself, the slot leases, and what each TaskManager runs.
+async fn observe(
+    recorder: Recorder,
+    clients: Arc<Clients>,
+    apis: BTreeMap<u64, String>,
+    tm_http: Vec<String>,
+    stop: Arc<AtomicBool>,
+) {
+    let process = recorder.new_process();
+    let mut round = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        for (id, addr) in &apis {
+            let op = w::status(&mut clients.client(addr), *id);
+            w::record(&recorder, process, "status", None, Value::Null, Some(*id), op).await;
+        }
+        let ids: Vec<&u64> = apis.keys().collect();
+        let node = *ids[round % ids.len()];
+        let op = w::read_leases(&mut clients.client(&apis[&node]));
+        w::record(&recorder, process, "read-leases", None, Value::Null, Some(node), op).await;
+        for http in &tm_http {
+            let op = w::tm_deployments(http);
+            w::record(&recorder, process, "tm-deployments", Some(http.clone()), Value::Null, None, op).await;
+        }
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// After the heal: everything read back through every replica, and the replicas' state digests once they agree on
+/// an applied index.
+async fn final_reads(
+    recorder: &Recorder,
+    clients: &Clients,
+    apis: &BTreeMap<u64, String>,
+    setup: &Setup,
+    tm_http: &[String],
+) {
+    let process = recorder.new_process();
+    for (id, addr) in apis {
+        let node = Some(*id);
+        w::record(recorder, process, "read-jobs", None, Value::Null, node, w::read_jobs(&mut clients.client(addr))).await;
+        for job in &setup.checkpoint_jobs {
+            let op = w::read_checkpoints(&mut clients.client(addr), job);
+            w::record(recorder, process, "read-checkpoints", Some(job.clone()), Value::Null, node, op).await;
+        }
+        for key in REGISTER_KEYS {
+            let op = w::read(&mut clients.client(addr), &setup.holder, key);
+            w::record(recorder, process, "read", Some(key.to_string()), Value::Null, node, op).await;
+        }
+        let op = w::read_leases(&mut clients.client(addr));
+        w::record(recorder, process, "read-leases", None, Value::Null, node, op).await;
+    }
+    for http in tm_http {
+        let op = w::tm_deployments(http);
+        w::record(recorder, process, "tm-deployments", Some(http.clone()), Value::Null, None, op).await;
+    }
+    // The digests are comparable only at one applied index: wait until no write is in flight and every replica
+    // applied the same entries (the leader's services keep writing, e.g. checkpoints, so retry a few times).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut digests = Vec::new();
+        for addr in apis.values() {
+            let outcome = w::state_digest(&mut clients.client(addr)).await;
+            digests.push(outcome);
+        }
+        let indexes: Vec<Option<u64>> = digests.iter().map(|d| d.value["applied_index"].as_u64()).collect();
+        let agreed = indexes.iter().all(|i| i.is_some() && *i == indexes[0]);
+        if agreed || tokio::time::Instant::now() > deadline {
+            for ((id, _), outcome) in apis.iter().zip(digests) {
+                let pending = recorder.invoke(process, "final-state", None, Value::Null, Some(*id));
+                recorder.complete(pending, outcome.op_type, outcome.value, outcome.error);
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The nemesis loop: quiet, fault, hold, heal; until the run ends.
+async fn run_nemesis(
+    options: RunOptions,
+    cluster: Arc<Mutex<LocalCluster>>,
+    net: Arc<Net>,
+    clients: Arc<Clients>,
+    recorder: Recorder,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = StdRng::seed_from_u64(options.seed ^ 0x6e65_6d65_7369_73);
+    let apis = lock(&cluster).api_addrs();
+    let ids: Vec<u64> = apis.keys().copied().collect();
+    loop {
+        let quiet = options.schedule.quiet(&mut rng);
+        if sleep_unless_stopped(quiet, &stop).await {
+            return;
+        }
+        let Some(fault) = nemesis::pick(&options.faults, &mut rng) else { continue };
+        let leader = leader(&clients, &apis).await;
+        let target = leader.unwrap_or(ids[0]);
+        let hold = options.schedule.hold(&mut rng);
+        let description = match fault {
+            Fault::KillLeader | Fault::KillRandom => {
+                let victim = if fault == Fault::KillLeader { target } else { ids[rng.gen_range(0..ids.len())] };
+                if let Some(p) = lock(&cluster).replicas.get_mut(&victim) {
+                    p.kill();
+                }
+                format!("{} {victim}", fault.name())
+            }
+            Fault::PauseLeader => {
+                if let Some(p) = lock(&cluster).replicas.get_mut(&target) {
+                    p.pause();
+                }
+                format!("pause-leader {target}")
+            }
+            Fault::PartitionLeader => net.isolate(target),
+            Fault::PartitionHalves => net.majority_minority(&mut rng),
+            Fault::PartitionRing => net.ring(&mut rng),
+            Fault::PartitionOneWay => {
+                let other = *ids.iter().find(|id| **id != target).unwrap_or(&target);
+                net.one_way(target, other)
+            }
+            Fault::Delay => net.delay(Duration::from_millis(50), Duration::from_millis(100)),
+            Fault::Loss => net.loss(0.2, Duration::from_millis(200)),
+            Fault::RestartAll => {
+                for p in lock(&cluster).replicas.values_mut() {
+                    p.kill();
+                }
+                "restart-all".to_string()
+            }
+            Fault::KillTaskManager => {
+                let numbers: Vec<u64> = lock(&cluster).task_managers.keys().copied().collect();
+                let victim = numbers[rng.gen_range(0..numbers.len())];
+                if let Some((p, _)) = lock(&cluster).task_managers.get_mut(&victim) {
+                    p.kill();
+                }
+                format!("kill-taskmanager {victim}")
+            }
+        };
+        recorder.nemesis("start", &description);
+        tracing::info!(fault = %description, "nemesis");
+        let hold = if fault == Fault::PauseLeader { hold.max(PAST_LEASE) } else { hold };
+        let stopped = sleep_unless_stopped(hold, &stop).await;
+        net.heal();
+        if let Err(e) = lock(&cluster).heal_processes() {
+            tracing::warn!(error = %e, "could not restart a process");
+        }
+        recorder.nemesis("stop", &description);
+        if stopped {
+            return;
+        }
+    }
+}
+
+/// Sleeps `d`; true if the run ended meanwhile.
+async fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
+    let deadline = tokio::time::Instant::now() + d;
+    while tokio::time::Instant::now() < deadline {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50).min(deadline - tokio::time::Instant::now())).await;
+    }
+    stop.load(Ordering::Relaxed)
+}

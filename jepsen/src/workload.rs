@@ -1,0 +1,285 @@
+//! Clients: each operation of the history, performed against one replica through the client API, with its outcome
+//! classified the way the cluster documents its errors (see `jepsen/OUTCOMES.md`):
+//!
+//! * a refusal (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION) is `fail`: the command was refused as a whole;
+//! * UNAVAILABLE (no leader, no quorum, not reachable) is `fail`: the cluster promises the write was not applied;
+//! * anything else on a write (DEADLINE_EXCEEDED, a client-side timeout, a broken connection) is `info`;
+//! * a read that did not return is `fail`: reads change nothing.
+//!
+//! Classifying UNAVAILABLE as `fail` takes the cluster at its word; if it ever answers UNAVAILABLE for a write that
+//! took effect, the set and register checkers see the write appear and flag it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use jobmanager::api::grpc::pb;
+use jobmanager::api::grpc::pb::job_manager_client::JobManagerClient;
+use serde_json::{json, Value};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::history::OpType;
+use crate::recorder::Recorder;
+
+/// How long a client waits for any one operation.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// Prefix of the job names (and idempotency keys) of the set workload's submissions.
+pub const SET_PREFIX: &str = "set-";
+
+/// The spec of a set-workload job: one slot, one record a second, nothing kept.
+pub fn set_job_spec(client_id: &str) -> String {
+    format!("name: {client_id}\nvertices:\n  - id: source\n    operators: [{{sequence: {{rate: 1}}}}, {{blackhole: {{}}}}]\n")
+}
+
+/// The spec of a checkpointing job: keyed counts with a 300 ms checkpoint interval.
+pub fn checkpoint_job_spec(name: &str) -> String {
+    format!(
+        "name: {name}\nvertices:\n  - id: source\n    operators: [{{sequence: {{rate: 20}}}}, {{map: {{fields: {{key: \"seq % 4\"}}}}}}]\n  - id: count\n    operators: [{{key_by: {{field: key}}}}, {{count: {{}}}}, {{blackhole: {{}}}}]\nedges: [{{from: source, to: count}}]\ncheckpoints: {{interval: 300ms}}\n"
+    )
+}
+
+/// One lazily connected channel per replica.
+#[derive(Default)]
+pub struct Clients {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+/// What an operation returned, before it is recorded.
+pub struct Outcome {
+    /// ok, fail or info.
+    pub op_type: OpType,
+    /// The result (ok) or `null`.
+    pub value: Value,
+    /// Why it failed or is unknown.
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    fn ok(value: Value) -> Self {
+        Self { op_type: OpType::Ok, value, error: None }
+    }
+}
+
+/// Whether the operation changes the cluster (its failure may be indeterminate) or only reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Changes state.
+    Write,
+    /// Reads.
+    Read,
+}
+
+/// Classifies a failed call.
+pub fn classify(status: &Status, effect: Effect) -> Outcome {
+    let definite = matches!(
+        status.code(),
+        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::AlreadyExists | Code::OutOfRange
+    ) || status.code() == Code::Unavailable;
+    let op_type = if definite || effect == Effect::Read { OpType::Fail } else { OpType::Info };
+    Outcome { op_type, value: Value::Null, error: Some(format!("{:?}: {}", status.code(), status.message())) }
+}
+
+fn timed_out(effect: Effect) -> Outcome {
+    let op_type = if effect == Effect::Read { OpType::Fail } else { OpType::Info };
+    Outcome { op_type, value: Value::Null, error: Some(format!("client timeout after {OP_TIMEOUT:?}")) }
+}
+
+impl Clients {
+    /// A client of the replica at `addr`.
+    pub fn client(&self, addr: &str) -> JobManagerClient<Channel> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = channels.entry(addr.to_string()).or_insert_with(|| {
+            Endpoint::from_shared(format!("http://{addr}"))
+                .expect("a host:port address")
+                .connect_timeout(Duration::from_millis(500))
+                .tcp_nodelay(true)
+                .connect_lazy()
+        });
+        JobManagerClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024)
+    }
+}
+
+/// Runs `call` with the operation timeout and classifies its result.
+async fn run<T, F>(effect: Effect, call: F, on_ok: impl FnOnce(T) -> Value) -> Outcome
+where
+    F: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    match tokio::time::timeout(OP_TIMEOUT, call).await {
+        Err(_) => timed_out(effect),
+        Ok(Err(status)) => classify(&status, effect),
+        Ok(Ok(reply)) => Outcome::ok(on_ok(reply.into_inner())),
+    }
+}
+
+const LINEARIZABLE: i32 = pb::ReadConsistency::Linearizable as i32;
+
+/// `write`: sets register `name` of `job_id` to `value`.
+pub async fn write(c: &mut JobManagerClient<Channel>, job_id: &str, name: &str, value: u64) -> Outcome {
+    let request =
+        pb::PutJobMetadataRequest { job_id: job_id.into(), key: name.into(), value: value.to_string().into_bytes() };
+    run(Effect::Write, c.put_job_metadata(request), |_| json!(value)).await
+}
+
+/// `read`: register `name` of `job_id`.
+pub async fn read(c: &mut JobManagerClient<Channel>, job_id: &str, name: &str) -> Outcome {
+    let request = pb::GetJobMetadataRequest { job_id: job_id.into(), key: name.into(), consistency: LINEARIZABLE };
+    let outcome = run(Effect::Read, c.get_job_metadata(request), |r| match r.value {
+        Some(bytes) => String::from_utf8_lossy(&bytes).parse::<u64>().map_or(Value::Null, |v| json!(v)),
+        None => Value::Null,
+    })
+    .await;
+    outcome
+}
+
+/// `submit`: a set-workload job with idempotency key `client_id`.
+pub async fn submit(c: &mut JobManagerClient<Channel>, client_id: &str) -> Outcome {
+    let request =
+        pb::SubmitJobRequest { spec: set_job_spec(client_id).into_bytes(), idempotency_key: client_id.to_string() };
+    run(Effect::Write, c.submit_job(request), |r| json!({"job_id": r.job_id})).await
+}
+
+/// Submits any spec (setup jobs); the job id on success.
+pub async fn submit_spec(c: &mut JobManagerClient<Channel>, spec: &str, key: &str) -> Result<String, String> {
+    let request = pb::SubmitJobRequest { spec: spec.as_bytes().to_vec(), idempotency_key: key.to_string() };
+    match tokio::time::timeout(OP_TIMEOUT, c.submit_job(request)).await {
+        Ok(Ok(reply)) => Ok(reply.into_inner().job_id),
+        Ok(Err(status)) => Err(status.message().to_string()),
+        Err(_) => Err("timeout".into()),
+    }
+}
+
+/// `cancel`.
+pub async fn cancel(c: &mut JobManagerClient<Channel>, job_id: &str) -> Outcome {
+    let request = pb::CancelJobRequest { job_id: job_id.into() };
+    run(Effect::Write, c.cancel_job(request), |r| json!({"status": r.status})).await
+}
+
+/// `read-jobs`: the set workload's jobs.
+pub async fn read_jobs(c: &mut JobManagerClient<Channel>) -> Outcome {
+    let request = pb::ListJobsRequest { consistency: LINEARIZABLE };
+    run(Effect::Read, c.list_jobs(request), |r| {
+        let jobs: Vec<Value> = r
+            .jobs
+            .into_iter()
+            .filter(|j| j.name.starts_with(SET_PREFIX))
+            .map(|j| json!({"client_id": j.name, "job_id": j.job_id, "status": j.status}))
+            .collect();
+        json!({ "jobs": jobs })
+    })
+    .await
+}
+
+/// `read-checkpoints` of `job_id`.
+pub async fn read_checkpoints(c: &mut JobManagerClient<Channel>, job_id: &str) -> Outcome {
+    let request = pb::GetJobRequest { job_id: job_id.into(), consistency: LINEARIZABLE };
+    run(Effect::Read, c.get_job(request), |r| {
+        let job = r.job.unwrap_or_default();
+        let mut completed: Vec<(u64, u64)> = job.checkpoints.iter().map(|c| (c.id, c.completed_at_ms)).collect();
+        completed.sort();
+        json!({
+            "attempt": job.attempt,
+            "latest": completed.last().map(|(id, _)| *id),
+            "completed": completed.iter().map(|(id, at)| json!({"id": id, "at_ms": at})).collect::<Vec<_>>(),
+        })
+    })
+    .await
+}
+
+/// `read-leases`.
+pub async fn read_leases(c: &mut JobManagerClient<Channel>) -> Outcome {
+    let request = pb::ListSlotLeasesRequest { consistency: LINEARIZABLE };
+    run(Effect::Read, c.list_slot_leases(request), |r| {
+        let leases: Vec<Value> = r
+            .leases
+            .into_iter()
+            .map(|l| json!({"slot": format!("{}/{}", l.tm_id, l.index), "job_id": l.job_id}))
+            .collect();
+        json!({ "leases": leases })
+    })
+    .await
+}
+
+/// `status`: how replica `node` sees itself.
+pub async fn status(c: &mut JobManagerClient<Channel>, node: u64) -> Outcome {
+    let outcome = run(Effect::Read, c.cluster_status(pb::ClusterStatusRequest {}), |r| {
+        match r.replicas.iter().find(|s| s.node_id == node && s.reachable) {
+            Some(s) => json!({"term": s.term, "leader": s.leader, "state": s.state}),
+            None => Value::Null,
+        }
+    })
+    .await;
+    if outcome.op_type == OpType::Ok && outcome.value.is_null() {
+        return Outcome { op_type: OpType::Fail, value: Value::Null, error: Some("no own status".into()) };
+    }
+    outcome
+}
+
+/// `final-state`.
+pub async fn state_digest(c: &mut JobManagerClient<Channel>) -> Outcome {
+    run(Effect::Read, c.state_digest(pb::StateDigestRequest {}), |r| {
+        json!({"applied_index": r.applied_index, "digest": format!("{:016x}", r.digest), "node": r.node_id})
+    })
+    .await
+}
+
+/// `tm-deployments`: what a TaskManager runs, from its own HTTP endpoint.
+pub async fn tm_deployments(http_addr: &str) -> Outcome {
+    match tokio::time::timeout(Duration::from_secs(2), http_get_json(http_addr, "/")).await {
+        Ok(Ok(body)) => {
+            let deployments: Vec<Value> = body["deployments"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| {
+                    let subtasks = d["subtasks"].as_array().cloned().unwrap_or_default();
+                    let slots_used = subtasks.iter().filter_map(|s| s["subtask"].as_u64()).max().map_or(0, |m| m + 1);
+                    let terminal = ["FINISHED", "CANCELED", "FAILED"];
+                    let running = subtasks.iter().any(|s| !terminal.contains(&s["status"].as_str().unwrap_or("")));
+                    json!({
+                        "job_id": d["job-id"], "attempt": d["attempt"],
+                        "term": d["fencing-token"]["term"], "epoch": d["fencing-token"]["epoch"],
+                        "slots_used": slots_used, "running": running,
+                    })
+                })
+                .collect();
+            Outcome::ok(json!({"tm_id": body["id"], "slots": body["slots"], "deployments": deployments}))
+        }
+        Ok(Err(e)) => Outcome { op_type: OpType::Fail, value: Value::Null, error: Some(e) },
+        Err(_) => timed_out(Effect::Read),
+    }
+}
+
+/// A minimal HTTP/1.0 GET returning the body as JSON.
+async fn http_get_json(addr: &str, path: &str) -> Result<Value, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&response);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).ok_or("no HTTP body")?;
+    serde_json::from_str(body).map_err(|e| e.to_string())
+}
+
+/// Performs one operation and records it: invoke, run, complete.
+pub async fn record<F>(
+    recorder: &Recorder,
+    process: u64,
+    f: &str,
+    key: Option<String>,
+    argument: Value,
+    node: Option<u64>,
+    op: F,
+) -> OpType
+where
+    F: std::future::Future<Output = Outcome>,
+{
+    let pending = recorder.invoke(process, f, key, argument, node);
+    let outcome = op.await;
+    let op_type = outcome.op_type;
+    recorder.complete(pending, outcome.op_type, outcome.value, outcome.error);
+    op_type
+}
