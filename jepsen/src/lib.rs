@@ -9,6 +9,7 @@ pub mod checker;
 pub mod deploy;
 pub mod history;
 pub mod nemesis;
+pub mod net;
 pub mod recorder;
 pub mod report;
 pub mod run;
