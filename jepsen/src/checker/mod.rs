@@ -5,6 +5,7 @@
 //! fail is worthless.
 
 pub mod common;
+pub mod set;
 
 use serde::{Deserialize, Serialize};
 
