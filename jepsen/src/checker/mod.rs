@@ -4,6 +4,7 @@
 //! Every checker has tests that feed it a history with an injected anomaly and must flag it: a checker that cannot
 //! fail is worthless.
 
+pub mod checkpoints;
 pub mod common;
 pub mod set;
 
