@@ -6,6 +6,7 @@
 
 pub mod checkpoints;
 pub mod common;
+pub mod epochs;
 pub mod leases;
 pub mod set;
 
