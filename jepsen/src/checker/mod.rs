@@ -7,6 +7,7 @@
 pub mod checkpoints;
 pub mod common;
 pub mod epochs;
+pub mod leaders;
 pub mod leases;
 pub mod set;
 
