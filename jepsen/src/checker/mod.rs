@@ -4,6 +4,14 @@
 //! Every checker has tests that feed it a history with an injected anomaly and must flag it: a checker that cannot
 //! fail is worthless.
 
+pub mod checkpoints;
+pub mod common;
+pub mod epochs;
+pub mod leaders;
+pub mod leases;
+pub mod logs;
+pub mod set;
+
 use serde::{Deserialize, Serialize};
 
 /// What a checker concluded.
