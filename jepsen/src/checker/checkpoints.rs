@@ -37,6 +37,7 @@
 //!   Every pair of reads of a job is compared, which is quadratic in the reads per job.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound::{Excluded, Unbounded};
 
 use serde_json::json;
 
@@ -127,8 +128,12 @@ pub fn check(history: &[Op]) -> Verdict {
                     continue;
                 }
                 if let Some(&oldest_b) = b.ids.first() {
-                    let missing: Vec<u64> =
-                        a.ids.range(oldest_b + 1..).filter(|id| !b.ids.contains(id)).copied().collect();
+                    let missing: Vec<u64> = a
+                        .ids
+                        .range((Excluded(oldest_b), Unbounded))
+                        .filter(|id| !b.ids.contains(id))
+                        .copied()
+                        .collect();
                     if !missing.is_empty() {
                         let summary = format!(
                             "job {job_id} lost checkpoint(s) {missing:?}: listed by read op {}, missing from op {} \
@@ -357,6 +362,15 @@ mod tests {
         read(&mut b, 1, "j1", &[(3, 300)]);
         b.invoke(2, "read-checkpoints", Some("j1"), json!(null));
         b.complete(2, OpType::Fail, json!(null));
+        let verdict = check(&b.build());
+        assert_eq!(verdict.validity, Validity::Valid, "{verdict:?}");
+    }
+
+    #[test]
+    fn the_largest_id_does_not_overflow() {
+        let mut b = Builder::new();
+        read(&mut b, 1, "j1", &[(u64::MAX - 1, 100), (u64::MAX, 200)]);
+        read(&mut b, 2, "j1", &[(u64::MAX, 200)]);
         let verdict = check(&b.build());
         assert_eq!(verdict.validity, Validity::Valid, "{verdict:?}");
     }

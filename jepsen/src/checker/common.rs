@@ -257,4 +257,84 @@ mod tests {
         assert_eq!(capped.kept().len(), CAP);
         assert_eq!(list_names(&["a", "b", "c"], 2), "a, b and 1 more");
     }
+
+    mod no_panics {
+        use proptest::prelude::*;
+        use serde_json::{json, Value};
+
+        use crate::checker::{checkpoints, epochs, leaders, leases, set};
+        use crate::history::{Builder, OpType};
+
+        const FS: &[&str] =
+            &["submit", "read-jobs", "read-checkpoints", "read-leases", "tm-deployments", "status", "final-state"];
+
+        fn any_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                (0u64..5).prop_map(Value::from),
+                Just(Value::from(u64::MAX)),
+                "[a-z]{0,3}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                    prop::collection::btree_map(
+                        prop_oneof![
+                            Just("jobs".to_string()),
+                            Just("client_id".to_string()),
+                            Just("job_id".to_string()),
+                            Just("completed".to_string()),
+                            Just("latest".to_string()),
+                            Just("id".to_string()),
+                            Just("at_ms".to_string()),
+                            Just("leases".to_string()),
+                            Just("slot".to_string()),
+                            Just("slots".to_string()),
+                            Just("deployments".to_string()),
+                            Just("term".to_string()),
+                            Just("epoch".to_string()),
+                            Just("slots_used".to_string()),
+                            Just("running".to_string()),
+                            Just("leader".to_string()),
+                            Just("state".to_string()),
+                            Just("applied_index".to_string()),
+                            Just("digest".to_string()),
+                        ],
+                        inner,
+                        0..6
+                    )
+                    .prop_map(|m| json!(m)),
+                ]
+            })
+        }
+
+        proptest! {
+            /// Whatever the values, the checkers answer; a malformed value is evidence, never a crash.
+            #[test]
+            fn checkers_never_panic_on_odd_values(
+                ops in prop::collection::vec(
+                    (0usize..FS.len(), 0u64..3, prop::option::of("[a-c]"), 0u8..3, any_value()),
+                    0..30,
+                )
+            ) {
+                let mut b = Builder::new();
+                for (f, process, key, outcome, value) in ops {
+                    let outcome = [OpType::Ok, OpType::Fail, OpType::Info][usize::from(outcome)];
+                    b.invoke(process, FS[f], key.as_deref(), json!(null));
+                    b.complete(process, outcome, value);
+                }
+                let mut history = b.build();
+                for op in &mut history {
+                    op.node = Some(op.process);
+                }
+                set::check(&history, true);
+                checkpoints::check(&history);
+                leases::check(&history);
+                epochs::check(&history);
+                leaders::check(&history);
+            }
+        }
+    }
 }

@@ -75,7 +75,8 @@ pub fn check(history: &[Op]) -> Verdict {
     for observation in &observations {
         let Some((tm_id, slots, running)) = parse_deployments(observation, &mut malformed) else { continue };
         observations_checked += 1;
-        let used: u64 = running.iter().map(|r| r.slots_used).sum();
+        // Saturating: an absurd slots_used must be reported, not overflow.
+        let used = running.iter().fold(0u64, |sum, r| sum.saturating_add(r.slots_used));
         if used > slots {
             let jobs: Vec<&str> = running.iter().map(|r| r.job_id).collect();
             over_committed.push(json!({
@@ -248,6 +249,15 @@ mod tests {
             "{}",
             verdict.summary
         );
+    }
+
+    #[test]
+    fn absurd_slot_counts_are_over_committed_not_an_overflow() {
+        let mut b = Builder::new();
+        deployments(&mut b, 2, "tm1", 4, &[("j1", u64::MAX, true), ("j2", u64::MAX, true)]);
+        let verdict = check(&b.build());
+        assert_eq!(verdict.validity, Validity::Invalid);
+        assert_eq!(verdict.evidence["over-committed"][0]["slots_used"], u64::MAX);
     }
 
     #[test]
