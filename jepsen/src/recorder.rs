@@ -43,7 +43,13 @@ impl Default for Recorder {
 impl Recorder {
     /// An empty history whose clock starts now.
     pub fn new() -> Self {
-        Self { inner: Arc::new(Inner { start: Instant::now(), ops: Mutex::new(Vec::new()), next_process: AtomicU64::new(0) }) }
+        Self {
+            inner: Arc::new(Inner {
+                start: Instant::now(),
+                ops: Mutex::new(Vec::new()),
+                next_process: AtomicU64::new(0),
+            }),
+        }
     }
 
     /// A fresh logical process id (a client whose last operation was indeterminate gets a new one).

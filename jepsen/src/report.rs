@@ -73,12 +73,7 @@ fn plot_latency(path: &Path, history: &[Op], windows: &[Window]) -> Result<()> {
         .caption("Operation latency over time (shaded: faults)", ("sans-serif", 20))
         .build_cartesian_2d(0.0..max_s, (0.01..max_ms).log_scale())
         .map_err(|e| anyhow!("{e}"))?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since start")
-        .y_desc("latency (ms)")
-        .draw()
-        .map_err(|e| anyhow!("{e}"))?;
+    chart.configure_mesh().x_desc("seconds since start").y_desc("latency (ms)").draw().map_err(|e| anyhow!("{e}"))?;
     for w in windows {
         let shade = RGBColor(255, 200, 120).mix(0.3).filled();
         chart
@@ -124,7 +119,7 @@ pub fn availability(history: &[Op], windows: &[Window]) -> serde_json::Value {
                 "fault": w.fault,
                 "start_s": w.start_s,
                 "healed_s": w.end_s,
-                "first_ack_after_s": first.is_finite().then(|| first - w.start_s),
+                "first_ack_after_s": first.is_finite().then_some(first - w.start_s),
             })
         })
         .collect();

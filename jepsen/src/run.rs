@@ -104,7 +104,7 @@ pub async fn run(options: &RunOptions) -> Result<Outcome> {
     }
     let tm_http: Vec<String> = lock(&cluster).task_managers.values().map(|(_, http)| http.clone()).collect();
     tasks.spawn(observe(recorder.clone(), clients.clone(), apis.clone(), tm_http.clone(), stop.clone()));
-    let net = Arc::new(net);
+    let net = Arc::new(Mutex::new(net));
     let nemesis = tokio::spawn(run_nemesis(
         options.clone(),
         cluster.clone(),
@@ -121,7 +121,7 @@ pub async fn run(options: &RunOptions) -> Result<Outcome> {
 
     // Heal, wait, read back.
     recorder.nemesis("start", "heal");
-    net.heal();
+    lock(&net).heal();
     lock(&cluster).heal_processes()?;
     recorder.nemesis("stop", "heal");
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -169,7 +169,7 @@ async fn set_up(clients: &Clients, apis: &BTreeMap<u64, String>) -> Result<Setup
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             for addr in apis.values() {
-                if let Ok(id) = w::submit_spec(&mut clients.client(addr), &spec, &key).await {
+                if let Ok(id) = w::submit_spec(clients.client(addr), &spec, &key).await {
                     return Ok(id);
                 }
             }
@@ -210,22 +210,22 @@ async fn client_loop(ctx: ClientCtx, seed: u64) {
     let nodes: Vec<u64> = ctx.apis.keys().copied().collect();
     while !ctx.stop.load(Ordering::Relaxed) {
         let node = nodes[rng.gen_range(0..nodes.len())];
-        let mut c = ctx.clients.client(&ctx.apis[&node]);
+        let c = ctx.clients.client(&ctx.apis[&node]);
         let r = &ctx.recorder;
         let roll = rng.gen_range(0..100);
         let outcome = if roll < 30 {
             let key = REGISTER_KEYS[rng.gen_range(0..REGISTER_KEYS.len())];
             let value = ctx.counter.fetch_add(1, Ordering::Relaxed);
-            let op = w::write(&mut c, &ctx.setup.holder, key, value);
+            let op = w::write(c.clone(), &ctx.setup.holder, key, value);
             w::record(r, process, "write", Some(key.to_string()), json!(value), Some(node), op).await
         } else if roll < 60 {
             let key = REGISTER_KEYS[rng.gen_range(0..REGISTER_KEYS.len())];
-            let op = w::read(&mut c, &ctx.setup.holder, key);
+            let op = w::read(c.clone(), &ctx.setup.holder, key);
             w::record(r, process, "read", Some(key.to_string()), Value::Null, Some(node), op).await
         } else if roll < 75 {
             let client_id = format!("{}{}", w::SET_PREFIX, ctx.counter.fetch_add(1, Ordering::Relaxed));
             let pending = r.invoke(process, "submit", Some(client_id.clone()), Value::Null, Some(node));
-            let outcome = w::submit(&mut c, &client_id).await;
+            let outcome = w::submit(c.clone(), &client_id).await;
             if let Some(job_id) = outcome.value["job_id"].as_str() {
                 lock(&ctx.submitted).push(job_id.to_string());
             }
@@ -239,16 +239,16 @@ async fn client_loop(ctx: ClientCtx, seed: u64) {
             };
             match job {
                 Some(job_id) => {
-                    let op = w::cancel(&mut c, &job_id);
+                    let op = w::cancel(c.clone(), &job_id);
                     w::record(r, process, "cancel", Some(job_id.clone()), Value::Null, Some(node), op).await
                 }
                 None => OpType::Ok,
             }
         } else if roll < 90 {
-            w::record(r, process, "read-jobs", None, Value::Null, Some(node), w::read_jobs(&mut c)).await
+            w::record(r, process, "read-jobs", None, Value::Null, Some(node), w::read_jobs(c.clone())).await
         } else {
             let job = &ctx.setup.checkpoint_jobs[rng.gen_range(0..ctx.setup.checkpoint_jobs.len())];
-            let op = w::read_checkpoints(&mut c, job);
+            let op = w::read_checkpoints(c.clone(), job);
             w::record(r, process, "read-checkpoints", Some(job.clone()), Value::Null, Some(node), op).await
         };
         if outcome == OpType::Info {
@@ -270,12 +270,12 @@ async fn observe(
     let mut round = 0usize;
     while !stop.load(Ordering::Relaxed) {
         for (id, addr) in &apis {
-            let op = w::status(&mut clients.client(addr), *id);
+            let op = w::status(clients.client(addr), *id);
             w::record(&recorder, process, "status", None, Value::Null, Some(*id), op).await;
         }
         let ids: Vec<&u64> = apis.keys().collect();
         let node = *ids[round % ids.len()];
-        let op = w::read_leases(&mut clients.client(&apis[&node]));
+        let op = w::read_leases(clients.client(&apis[&node]));
         w::record(&recorder, process, "read-leases", None, Value::Null, Some(node), op).await;
         for http in &tm_http {
             let op = w::tm_deployments(http);
@@ -298,16 +298,16 @@ async fn final_reads(
     let process = recorder.new_process();
     for (id, addr) in apis {
         let node = Some(*id);
-        w::record(recorder, process, "read-jobs", None, Value::Null, node, w::read_jobs(&mut clients.client(addr))).await;
+        w::record(recorder, process, "read-jobs", None, Value::Null, node, w::read_jobs(clients.client(addr))).await;
         for job in &setup.checkpoint_jobs {
-            let op = w::read_checkpoints(&mut clients.client(addr), job);
+            let op = w::read_checkpoints(clients.client(addr), job);
             w::record(recorder, process, "read-checkpoints", Some(job.clone()), Value::Null, node, op).await;
         }
         for key in REGISTER_KEYS {
-            let op = w::read(&mut clients.client(addr), &setup.holder, key);
+            let op = w::read(clients.client(addr), &setup.holder, key);
             w::record(recorder, process, "read", Some(key.to_string()), Value::Null, node, op).await;
         }
-        let op = w::read_leases(&mut clients.client(addr));
+        let op = w::read_leases(clients.client(addr));
         w::record(recorder, process, "read-leases", None, Value::Null, node, op).await;
     }
     for http in tm_http {
@@ -320,7 +320,7 @@ async fn final_reads(
     loop {
         let mut digests = Vec::new();
         for addr in apis.values() {
-            let outcome = w::state_digest(&mut clients.client(addr)).await;
+            let outcome = w::state_digest(clients.client(addr)).await;
             digests.push(outcome);
         }
         let indexes: Vec<Option<u64>> = digests.iter().map(|d| d.value["applied_index"].as_u64()).collect();
@@ -340,12 +340,12 @@ async fn final_reads(
 async fn run_nemesis(
     options: RunOptions,
     cluster: Arc<Mutex<LocalCluster>>,
-    net: Arc<Net>,
+    net: Arc<Mutex<Net>>,
     clients: Arc<Clients>,
     recorder: Recorder,
     stop: Arc<AtomicBool>,
 ) {
-    let mut rng = StdRng::seed_from_u64(options.seed ^ 0x6e65_6d65_7369_73);
+    let mut rng = StdRng::seed_from_u64(options.seed ^ 0x006e_656d_6573_6973);
     let apis = lock(&cluster).api_addrs();
     let ids: Vec<u64> = apis.keys().copied().collect();
     loop {
@@ -371,15 +371,15 @@ async fn run_nemesis(
                 }
                 format!("pause-leader {target}")
             }
-            Fault::PartitionLeader => net.isolate(target),
-            Fault::PartitionHalves => net.majority_minority(&mut rng),
-            Fault::PartitionRing => net.ring(&mut rng),
+            Fault::PartitionLeader => lock(&net).isolate(target),
+            Fault::PartitionHalves => lock(&net).majority_minority(&mut rng).description,
+            Fault::PartitionRing => lock(&net).ring(&mut rng).description,
             Fault::PartitionOneWay => {
                 let other = *ids.iter().find(|id| **id != target).unwrap_or(&target);
-                net.one_way(target, other)
+                lock(&net).one_way(target, other)
             }
-            Fault::Delay => net.delay(Duration::from_millis(50), Duration::from_millis(100)),
-            Fault::Loss => net.loss(0.2, Duration::from_millis(200)),
+            Fault::Delay => lock(&net).delay(Duration::from_millis(50), Duration::from_millis(100)),
+            Fault::Loss => lock(&net).loss(0.2, Duration::from_millis(200)),
             Fault::RestartAll => {
                 for p in lock(&cluster).replicas.values_mut() {
                     p.kill();
@@ -399,7 +399,7 @@ async fn run_nemesis(
         tracing::info!(fault = %description, "nemesis");
         let hold = if fault == Fault::PauseLeader { hold.max(PAST_LEASE) } else { hold };
         let stopped = sleep_unless_stopped(hold, &stop).await;
-        net.heal();
+        lock(&net).heal();
         if let Err(e) = lock(&cluster).heal_processes() {
             tracing::warn!(error = %e, "could not restart a process");
         }

@@ -116,32 +116,31 @@ where
 const LINEARIZABLE: i32 = pb::ReadConsistency::Linearizable as i32;
 
 /// `write`: sets register `name` of `job_id` to `value`.
-pub async fn write(c: &mut JobManagerClient<Channel>, job_id: &str, name: &str, value: u64) -> Outcome {
+pub async fn write(mut c: JobManagerClient<Channel>, job_id: &str, name: &str, value: u64) -> Outcome {
     let request =
         pb::PutJobMetadataRequest { job_id: job_id.into(), key: name.into(), value: value.to_string().into_bytes() };
     run(Effect::Write, c.put_job_metadata(request), |_| json!(value)).await
 }
 
 /// `read`: register `name` of `job_id`.
-pub async fn read(c: &mut JobManagerClient<Channel>, job_id: &str, name: &str) -> Outcome {
+pub async fn read(mut c: JobManagerClient<Channel>, job_id: &str, name: &str) -> Outcome {
     let request = pb::GetJobMetadataRequest { job_id: job_id.into(), key: name.into(), consistency: LINEARIZABLE };
-    let outcome = run(Effect::Read, c.get_job_metadata(request), |r| match r.value {
+    run(Effect::Read, c.get_job_metadata(request), |r| match r.value {
         Some(bytes) => String::from_utf8_lossy(&bytes).parse::<u64>().map_or(Value::Null, |v| json!(v)),
         None => Value::Null,
     })
-    .await;
-    outcome
+    .await
 }
 
 /// `submit`: a set-workload job with idempotency key `client_id`.
-pub async fn submit(c: &mut JobManagerClient<Channel>, client_id: &str) -> Outcome {
+pub async fn submit(mut c: JobManagerClient<Channel>, client_id: &str) -> Outcome {
     let request =
         pb::SubmitJobRequest { spec: set_job_spec(client_id).into_bytes(), idempotency_key: client_id.to_string() };
     run(Effect::Write, c.submit_job(request), |r| json!({"job_id": r.job_id})).await
 }
 
 /// Submits any spec (setup jobs); the job id on success.
-pub async fn submit_spec(c: &mut JobManagerClient<Channel>, spec: &str, key: &str) -> Result<String, String> {
+pub async fn submit_spec(mut c: JobManagerClient<Channel>, spec: &str, key: &str) -> Result<String, String> {
     let request = pb::SubmitJobRequest { spec: spec.as_bytes().to_vec(), idempotency_key: key.to_string() };
     match tokio::time::timeout(OP_TIMEOUT, c.submit_job(request)).await {
         Ok(Ok(reply)) => Ok(reply.into_inner().job_id),
@@ -151,13 +150,13 @@ pub async fn submit_spec(c: &mut JobManagerClient<Channel>, spec: &str, key: &st
 }
 
 /// `cancel`.
-pub async fn cancel(c: &mut JobManagerClient<Channel>, job_id: &str) -> Outcome {
+pub async fn cancel(mut c: JobManagerClient<Channel>, job_id: &str) -> Outcome {
     let request = pb::CancelJobRequest { job_id: job_id.into() };
     run(Effect::Write, c.cancel_job(request), |r| json!({"status": r.status})).await
 }
 
 /// `read-jobs`: the set workload's jobs.
-pub async fn read_jobs(c: &mut JobManagerClient<Channel>) -> Outcome {
+pub async fn read_jobs(mut c: JobManagerClient<Channel>) -> Outcome {
     let request = pb::ListJobsRequest { consistency: LINEARIZABLE };
     run(Effect::Read, c.list_jobs(request), |r| {
         let jobs: Vec<Value> = r
@@ -172,7 +171,7 @@ pub async fn read_jobs(c: &mut JobManagerClient<Channel>) -> Outcome {
 }
 
 /// `read-checkpoints` of `job_id`.
-pub async fn read_checkpoints(c: &mut JobManagerClient<Channel>, job_id: &str) -> Outcome {
+pub async fn read_checkpoints(mut c: JobManagerClient<Channel>, job_id: &str) -> Outcome {
     let request = pb::GetJobRequest { job_id: job_id.into(), consistency: LINEARIZABLE };
     run(Effect::Read, c.get_job(request), |r| {
         let job = r.job.unwrap_or_default();
@@ -188,7 +187,7 @@ pub async fn read_checkpoints(c: &mut JobManagerClient<Channel>, job_id: &str) -
 }
 
 /// `read-leases`.
-pub async fn read_leases(c: &mut JobManagerClient<Channel>) -> Outcome {
+pub async fn read_leases(mut c: JobManagerClient<Channel>) -> Outcome {
     let request = pb::ListSlotLeasesRequest { consistency: LINEARIZABLE };
     run(Effect::Read, c.list_slot_leases(request), |r| {
         let leases: Vec<Value> = r
@@ -202,7 +201,7 @@ pub async fn read_leases(c: &mut JobManagerClient<Channel>) -> Outcome {
 }
 
 /// `status`: how replica `node` sees itself.
-pub async fn status(c: &mut JobManagerClient<Channel>, node: u64) -> Outcome {
+pub async fn status(mut c: JobManagerClient<Channel>, node: u64) -> Outcome {
     let outcome = run(Effect::Read, c.cluster_status(pb::ClusterStatusRequest {}), |r| {
         match r.replicas.iter().find(|s| s.node_id == node && s.reachable) {
             Some(s) => json!({"term": s.term, "leader": s.leader, "state": s.state}),
@@ -217,10 +216,12 @@ pub async fn status(c: &mut JobManagerClient<Channel>, node: u64) -> Outcome {
 }
 
 /// `final-state`.
-pub async fn state_digest(c: &mut JobManagerClient<Channel>) -> Outcome {
-    run(Effect::Read, c.state_digest(pb::StateDigestRequest {}), |r| {
-        json!({"applied_index": r.applied_index, "digest": format!("{:016x}", r.digest), "node": r.node_id})
-    })
+pub async fn state_digest(mut c: JobManagerClient<Channel>) -> Outcome {
+    run(
+        Effect::Read,
+        c.state_digest(pb::StateDigestRequest {}),
+        |r| json!({"applied_index": r.applied_index, "digest": format!("{:016x}", r.digest), "node": r.node_id}),
+    )
     .await
 }
 
