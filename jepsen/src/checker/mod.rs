@@ -4,6 +4,8 @@
 //! Every checker has tests that feed it a history with an injected anomaly and must flag it: a checker that cannot
 //! fail is worthless.
 
+pub mod linearizable;
+
 use serde::{Deserialize, Serialize};
 
 /// What a checker concluded.
