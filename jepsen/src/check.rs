@@ -14,7 +14,9 @@ pub const LINEARIZABILITY_LIMIT: Duration = Duration::from_secs(20);
 
 /// Every verdict on `history` and `logs`.
 pub fn check_all(history: &[Op], logs: &[(String, String)]) -> Vec<Verdict> {
+    let registers: Vec<Op> = history.iter().filter(|op| op.f == "write" || op.f == "read").cloned().collect();
     vec![
+        checker::linearizable::check(&registers, LINEARIZABILITY_LIMIT),
         checker::set::check(history, true),
         checker::checkpoints::check(history),
         checker::leases::check(history),

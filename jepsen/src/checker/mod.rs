@@ -9,6 +9,7 @@ pub mod common;
 pub mod epochs;
 pub mod leaders;
 pub mod leases;
+pub mod linearizable;
 pub mod logs;
 pub mod set;
 
