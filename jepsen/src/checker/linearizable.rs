@@ -51,15 +51,16 @@
 //!
 //! With c operations concurrent at any instant, the configurations reachable from a prefix of the history number at
 //! most about c * 2^c, so histories with a handful of processes per key check in time roughly linear in their
-//! length: a generated 10,000-operation history takes about 10 ms in all over 10 keys of 5 processes each, or 45 ms
-//! on a single key, in a release build (the ignored test `bench_10k_ops`). Every configuration visited keeps a bitset
-//! of the key's operations in memory.
+//! length: a generated 10,000-operation history takes 5-10 ms in all over 10 keys of 5 processes each (under 1 ms
+//! for the slowest key), or 30-45 ms on a single key, in a release build (the ignored test `bench_10k_ops`). Every
+//! configuration visited keeps a bitset of the key's operations in memory.
 //!
 //! What remains exponential is wide concurrency among acknowledged operations when the history is invalid (or valid
-//! only by an order found late): k writes all concurrent, then a contradiction, makes the search try every order of
-//! them; k = 16 takes about 1 s, k = 18 more than 5 s (the ignored test `bench_pathological`). Jepsen's usual cause,
-//! many writes timing out during a partition and some read later, is handled by the refinement above: 100 such writes
-//! read back in reverse order check in milliseconds. Undecided keys are what the limits are for.
+//! only by an order found late): k writes all concurrent, then a contradiction, makes the search visit every subset
+//! of them with each possible last write, k * 2^k configurations; k = 16 takes 0.6-1.2 s, k = 18 4-6 s (the ignored
+//! test `bench_pathological`). Jepsen's usual cause, many writes timing out during a partition and some read later,
+//! is handled by the refinement above: 100 such writes read back in reverse order check in about 1 ms. Undecided
+//! keys are what the limits are for.
 //!
 //! # Cross-check
 //!
