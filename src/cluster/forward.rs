@@ -333,7 +333,21 @@ impl ReplicaNode {
     }
 
     /// On the leader: confirms leadership with a quorum and returns the index reads must wait for.
+    ///
+    /// Only once the leader services run: openraft's read index is the larger of the leader's commit index and its
+    /// first entry of the term, and a leader restored within its term after a restart (openraft keeps a committed
+    /// vote) starts with an old first entry and a commit index it may still have to re-learn, so the read index
+    /// could miss acknowledged writes. The supervisor's verdict requires everything in the leader's log at takeover
+    /// to be applied (`leadership::decide`), which closes that gap.
     pub async fn serve_read_index(&self) -> Result<u64, ClusterError> {
+        if self.supervisor().active_term().is_none() {
+            return Err(ClusterError::NoLeader {
+                detail: format!(
+                    "replica {} leads but has not yet applied the entries committed before its term; retry shortly",
+                    self.id
+                ),
+            });
+        }
         let budget = self.config.timing.write_timeout;
         match tokio::time::timeout(budget, self.raft.get_read_log_id()).await {
             Err(_) => Err(ClusterError::NoQuorum {

@@ -42,13 +42,22 @@ pub enum Verdict {
 }
 
 /// Decides from Raft's metrics whether this replica acts as leader. Pure, so it is tested directly.
-pub fn decide(id: NodeId, m: &RaftMetrics, lease: Duration) -> Verdict {
+///
+/// `log_at_takeover` is the last log index this process saw when it found itself leader of the current term. A
+/// leader normally starts with a fresh election and a blank entry of its term; but openraft also restores a leader
+/// that restarts within its term (its vote was committed), without a new blank entry and with a commit index it
+/// may have to re-learn. Requiring everything in its log at takeover to be applied covers both: nothing committed
+/// before its leadership can be missing from what its services and reads see.
+pub fn decide(id: NodeId, m: &RaftMetrics, lease: Duration, log_at_takeover: u64) -> Verdict {
     if m.state != ServerState::Leader || m.current_leader != Some(id) {
         return Verdict::Follow { reason: "not the Raft leader" };
     }
     let applied_own_term = m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
     if !applied_own_term {
         return Verdict::Follow { reason: "has not yet applied an entry of its own term" };
+    }
+    if m.last_applied.map_or(0, |l| l.index) < log_at_takeover {
+        return Verdict::Follow { reason: "has not yet applied the entries its log held when it took over" };
     }
     match m.millis_since_quorum_ack {
         Some(ms) if u128::from(ms) <= lease.as_millis() => Verdict::Lead { term: m.current_term },
@@ -112,6 +121,8 @@ pub async fn watch_leadership(
     supervisor: Arc<LeaderSupervisor>,
 ) {
     let mut metrics = raft.metrics();
+    // (term, last log index) when this process first saw itself leader of that term.
+    let mut takeover: Option<(u64, u64)> = None;
     loop {
         let verdict = {
             let m = metrics.borrow_and_update();
@@ -119,7 +130,13 @@ pub async fn watch_leadership(
                 supervisor.disable("raft node stopped");
                 return;
             }
-            decide(id, &m, lease)
+            let leading = m.state == ServerState::Leader && m.current_leader == Some(id);
+            takeover = match takeover {
+                Some((term, index)) if leading && term == m.current_term => Some((term, index)),
+                _ if leading => Some((m.current_term, m.last_log_index.unwrap_or(0))),
+                _ => None,
+            };
+            decide(id, &m, lease, takeover.map_or(0, |(_, index)| index))
         };
         match verdict {
             Verdict::Lead { term } => supervisor.enable(term),
@@ -161,18 +178,28 @@ mod tests {
 
     #[test]
     fn a_leader_that_applied_its_own_term_within_its_lease_leads() {
-        assert_eq!(decide(1, &leader_metrics(3, 3, Some(20)), LEASE), Verdict::Lead { term: 3 });
+        assert_eq!(decide(1, &leader_metrics(3, 3, Some(20)), LEASE, 0), Verdict::Lead { term: 3 });
     }
 
     #[test]
     fn a_new_leader_waits_until_it_applied_an_entry_of_its_term() {
-        assert!(matches!(decide(1, &leader_metrics(4, 3, Some(20)), LEASE), Verdict::Follow { .. }));
+        assert!(matches!(decide(1, &leader_metrics(4, 3, Some(20)), LEASE, 0), Verdict::Follow { .. }));
+    }
+
+    #[test]
+    fn a_leader_restored_within_its_term_waits_until_it_applied_its_whole_log() {
+        // Restarted as leader of term 3 with entries up to 40 in its log but only 7 known committed and applied:
+        // what it lacks may include acknowledged writes.
+        let m = leader_metrics(3, 3, Some(20));
+        assert_eq!(m.last_applied.map(|l| l.index), Some(7));
+        assert!(matches!(decide(1, &m, LEASE, 40), Verdict::Follow { .. }));
+        assert_eq!(decide(1, &m, LEASE, 7), Verdict::Lead { term: 3 });
     }
 
     #[test]
     fn a_leader_past_its_lease_stops_acting() {
-        assert!(matches!(decide(1, &leader_metrics(3, 3, Some(301)), LEASE), Verdict::Follow { .. }));
-        assert!(matches!(decide(1, &leader_metrics(3, 3, None), LEASE), Verdict::Follow { .. }));
+        assert!(matches!(decide(1, &leader_metrics(3, 3, Some(301)), LEASE, 0), Verdict::Follow { .. }));
+        assert!(matches!(decide(1, &leader_metrics(3, 3, None), LEASE, 0), Verdict::Follow { .. }));
     }
 
     #[test]
@@ -180,7 +207,7 @@ mod tests {
         let mut m = leader_metrics(3, 3, Some(1));
         m.state = ServerState::Follower;
         m.current_leader = Some(2);
-        assert!(matches!(decide(1, &m, LEASE), Verdict::Follow { .. }));
+        assert!(matches!(decide(1, &m, LEASE, 0), Verdict::Follow { .. }));
     }
 
     #[test]
