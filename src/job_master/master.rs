@@ -196,7 +196,16 @@ impl JobMaster {
                 let slots: Vec<SlotId> = self.placements.iter().flat_map(|p| p.slots.clone()).collect();
                 let at_ms = self.now_ms();
                 let lease = Command::LeaseSlots { job_id: self.job_id.clone(), epoch: self.epoch, slots, at_ms };
-                self.write(lease).await?;
+                match self.write(lease).await {
+                    Ok(_) => {}
+                    // The tasks run, but their slots went to other jobs meanwhile (their TaskManager was declared
+                    // dead and re-registered, which released its leases): they run outside any lease and must not
+                    // stay. Restart the job on slots it can hold; the restart cancels them under our token.
+                    Err(Exit::Cluster(ClusterError::Rejected(e @ DeterministicError::SlotUnavailable { .. }))) => {
+                        return self.fail(format!("its running tasks lost their slots to other jobs: {e}")).await;
+                    }
+                    Err(other) => return Err(other),
+                }
                 tracing::info!(job_id = %self.job_id, attempt = self.attempt, "adopted running tasks");
                 self.after_tasks_changed().await?;
                 if let Some(checkpoint_id) = completed_stop_savepoint(job) {
