@@ -7,13 +7,19 @@
 //! 2. it has applied an entry of its own term. openraft commits a blank entry when a leader is elected,
 //!    so this means the new leader has committed in its term and applied everything before it: the
 //!    replicated state it rebuilds its services from is complete;
-//! 3. it heard from a quorum within its lease ([`Timing::leader_lease`](super::config::Timing)). A
+//! 3. it has applied every entry its log held when it took over. openraft restores a leader that restarts
+//!    within its term (its vote was committed) without a new election and without a new blank entry, and
+//!    with a commit index it persisted lazily; its blank entry of condition 2 is old, and entries after it
+//!    may hold acknowledged writes it has not re-applied yet. The chaos suite caught a read after a restart
+//!    of every replica returning a value older than an acknowledged write; reads now wait for this verdict
+//!    too ([`ReplicaNode::serve_read_index`](super::ReplicaNode::serve_read_index));
+//! 4. it heard from a quorum within its lease ([`Timing::leader_lease`](super::config::Timing)). A
 //!    leader cut off from the majority keeps the Raft role until it sees a higher term, but it must not
 //!    act: another replica may already have been elected.
 //!
 //! The [`LeaderSupervisor`] publishes the decision on a watch channel ([`LeaderSupervisor::subscribe`]):
 //! `Some(term)` while services should run, `None` once they must stop. Services (the ResourceManager and
-//! the JobMasters, in later work) subscribe and stop at once when it turns to `None`. The watcher
+//! the JobMasters) subscribe and stop at once when it turns to `None`. The watcher
 //! re-evaluates on every metrics change and at least every half heartbeat, so an expired lease is
 //! noticed even when nothing else happens.
 
