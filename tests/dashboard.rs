@@ -304,32 +304,22 @@ fn savepoint_through_the_page(browser: &Path, base: &str, job_id: &str) -> Seen 
         Duration::from_secs(5),
     );
 
-    // The cluster page shows zones and the leader changes; until `/cluster` has them, they are stubbed in.
-    page.eval(
-        r##"(() => { const real = window.fetch; window.fetch = async (path, options) => {
-            const response = await real(path, options);
-            if (path !== "/cluster") return response;
-            const c = await response.json();
-            c.replicas.forEach((r, i) => { if (r.zone === undefined) r.zone = "zone-" + "abc"[i % 3]; });
-            c.leader_changes ??= [{term: c.term, leader: c.leader, previous: 1, at: Date.now() - 5000, leaderless_ms: 340},
-                                  {term: 1, leader: 1, previous: null, at: Date.now() - 60000, leaderless_ms: null}];
-            return new Response(JSON.stringify(c), {status: 200});
-          }; location.hash = "#/cluster"; })()"##,
-    );
+    // The cluster page shows the replicas' zones and the replicated history of leader changes.
+    page.eval("location.hash = '#/cluster'");
     let changes = page.wait_for(
         "document.querySelector('table[aria-label^=\"Leader changes\"]')?.tBodies[0].rows.length",
         Duration::from_secs(10),
     );
     assert!(changes.as_u64().unwrap() >= 1);
     let zones = page.eval("document.querySelector('table[aria-label=Replicas]').textContent");
-    assert!(zones.as_str().unwrap().contains("zone-"), "{zones}");
+    assert!(zones.as_str().unwrap().contains("zone-a"), "{zones}");
     page.screenshot("cluster-leader-changes");
     Seen { savepoint_path, running_subtasks: running.as_u64().unwrap() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_cluster_and_a_running_job() {
-    let mut cluster = TestCluster::start_with_rest(3, &[]);
+    let mut cluster = TestCluster::start_with_rest(3, &["--zone", "zone-a"]);
     let leader = cluster.wait_leader(Duration::from_secs(20)).await;
     cluster.spawn_tm(1, 2);
     let addr = cluster.replicas.iter().find(|r| r.id != leader).unwrap().http_addr.clone().unwrap();

@@ -314,8 +314,10 @@ async fn final_reads(
         let op = w::tm_deployments(http);
         w::record(recorder, process, "tm-deployments", Some(http.clone()), Value::Null, None, op).await;
     }
-    // The digests are comparable only at one applied index: wait until no write is in flight and every replica
-    // applied the same entries (the leader's services keep writing, e.g. checkpoints, so retry a few times).
+    // The digests are comparable only at one applied index, and the leader's services keep writing while jobs
+    // run (checkpoints every 300 ms): cancel every job first, so the log goes quiet, then wait until every
+    // replica applied the same entries.
+    quiesce(clients, apis).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let mut digests = Vec::new();
@@ -334,6 +336,19 @@ async fn final_reads(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Cancels every job that is still going (after the final reads), and gives the cancellations time to finish.
+async fn quiesce(clients: &Clients, apis: &BTreeMap<u64, String>) {
+    let Some(addr) = apis.values().next() else { return };
+    let mut client = clients.client(addr);
+    let list = client.list_jobs(jobmanager::api::grpc::pb::ListJobsRequest::default());
+    let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(5), list).await else { return };
+    let terminal = ["FINISHED", "CANCELED", "FAILED"];
+    for job in reply.into_inner().jobs.into_iter().filter(|j| !terminal.contains(&j.status.as_str())) {
+        let _ = w::cancel(clients.client(addr), &job.job_id).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
 }
 
 /// The nemesis loop: quiet, fault, hold, heal; until the run ends.
