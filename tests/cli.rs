@@ -208,9 +208,16 @@ async fn jm_local_runs_a_cluster_reports_a_dead_replica_and_stops_cleanly() {
     for tm in all.iter().filter(|p| p["role"] == "taskmanager") {
         let addr = tm["http_addr"].as_str().expect("a TaskManager's metrics address in cluster.json");
         assert!(output().contains(&format!("metrics http://{addr}/metrics")), "{}", output());
-        let (status, text) = common::http_text(addr, "GET", "/metrics", None).await;
-        assert_eq!(status, 200, "{text}");
-        assert!(text.contains("# TYPE jm_taskmanager_slots gauge"), "{text}");
+        // The TaskManager may still be starting its endpoint: retry briefly.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let reply = loop {
+            match common::try_http_exchange(addr, "GET", "/metrics", &[], None).await {
+                Ok(reply) if reply.status == 200 => break reply,
+                other => assert!(std::time::Instant::now() < deadline, "no metrics from {addr}: {:?}", other.err()),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(reply.body.contains("# TYPE jm_taskmanager_slots gauge"), "{}", reply.body);
     }
 
     // A replica that dies is reported, not restarted.

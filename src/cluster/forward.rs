@@ -89,16 +89,20 @@ pub struct ReadInfo {
     pub unapplied_entries: u64,
 }
 
+/// The least time worth spending on another attempt: one with less could not reach the leader and come back, and
+/// a timeout would only add an unknown outcome.
+const MIN_ATTEMPT_BUDGET: Duration = Duration::from_millis(20);
+
 /// True if applying `command` twice has the same effect as applying it once, so a write whose outcome
 /// is unknown may be retried.
 pub fn retry_is_safe(command: &Command) -> bool {
     match command {
         // The idempotency key makes a second submit return the first job.
         Command::SubmitJob { .. } => true,
-        // Cancelling a cancelled job, setting a key to the same value, recording the same terminal
-        // result or moving to the status the job already has: all no-ops the second time.
+        // Cancelling a cancelled job, recording the same terminal result or moving to the status the job
+        // already has: all no-ops the second time. (Not a metadata put: with other writers in between, a late
+        // second copy would bring an overwritten value back, which no linearizable register allows.)
         Command::CancelJob { .. }
-        | Command::PutJobMetadata { .. }
         | Command::RecordJobResult { .. }
         | Command::TransitionJobStatus { .. }
         | Command::RegisterTaskManager { .. }
@@ -125,6 +129,9 @@ impl ReplicaNode {
     pub async fn write(&self, command: Command) -> Result<Written, ClusterError> {
         let deadline = Instant::now() + self.config.timing.write_timeout;
         let retry_safe = retry_is_safe(&command);
+        // Once an attempt may have taken effect, a later definite-looking error (no leader, no quorum) no longer
+        // tells the truth about the write: the caller must hear that the outcome is unknown.
+        let mut maybe_applied = false;
         let mut backoff = Duration::from_millis(10);
         loop {
             let budget = deadline.saturating_duration_since(Instant::now());
@@ -146,10 +153,20 @@ impl ReplicaNode {
                 Err(Attempt::Unknown(e)) if !retry_safe => {
                     return Err(ClusterError::Indeterminate { detail: e.to_string() })
                 }
-                Err(Attempt::Unknown(e)) | Err(Attempt::NotApplied(e)) => e,
+                Err(Attempt::Unknown(e)) => {
+                    maybe_applied = true;
+                    e
+                }
+                Err(Attempt::NotApplied(e)) => e,
             };
-            if Instant::now() + backoff >= deadline {
-                return Err(error);
+            if Instant::now() + backoff + MIN_ATTEMPT_BUDGET >= deadline {
+                return Err(match error {
+                    e @ ClusterError::Indeterminate { .. } => e,
+                    e if maybe_applied => ClusterError::Indeterminate {
+                        detail: format!("an earlier attempt may have taken effect, and then: {e}"),
+                    },
+                    e => e,
+                });
             }
             tracing::debug!(%error, ?backoff, "write not served yet; retrying");
             self.wait_for_new_leader(leader_seen, backoff).await;
@@ -369,5 +386,28 @@ fn fatal(f: openraft::error::Fatal<NodeId>) -> ClusterError {
     match f {
         openraft::error::Fatal::Stopped => ClusterError::ShuttingDown,
         other => ClusterError::Fatal { detail: other.to_string() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_commands_whose_second_copy_changes_nothing_are_retried() {
+        let submit = Command::SubmitJob {
+            job_id: "j".into(),
+            idempotency_key: "k".into(),
+            name: "n".into(),
+            max_retained_checkpoints: 1,
+            spec_json: "{}".into(),
+            submitted_at_ms: 1,
+        };
+        assert!(retry_is_safe(&submit), "the idempotency key finds the first job");
+        // A put retried after other writers overwrote the key would bring the old value back (the chaos suite's
+        // register workload checks exactly this): its outcome must be reported as unknown instead.
+        let put = Command::PutJobMetadata { job_id: "j".into(), key: "k".into(), value: vec![1], at_ms: 1 };
+        assert!(!retry_is_safe(&put));
+        assert!(!retry_is_safe(&Command::AllocateCheckpointId { job_id: "j".into(), epoch: 1, at_ms: 1 }));
     }
 }
