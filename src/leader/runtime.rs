@@ -77,8 +77,9 @@ struct Rates {
     busy: Option<f64>,
 }
 
-/// Per job: (TaskManager, attempt) → the last report and the rates it implies.
-type Samples = HashMap<JobId, HashMap<(TaskManagerId, u32), Sample>>;
+/// Per TaskManager: (job, attempt) → the last report and the rates it implies. Keyed by TaskManager because
+/// that is how it changes: one heartbeat replaces one TaskManager's entry, whatever the number of jobs.
+type Samples = HashMap<TaskManagerId, HashMap<(JobId, u32), Sample>>;
 
 /// The view of every job's reported subtasks.
 #[derive(Debug, Default)]
@@ -94,42 +95,32 @@ impl RuntimeView {
     /// Takes a heartbeat's reports: what `tm_id` runs now, replacing what it ran before.
     pub fn record(&self, tm_id: &str, reports: &[DeploymentReport], now: Instant) {
         let mut samples = self.samples();
-        let mut previous: HashMap<(JobId, u32), Sample> = HashMap::new();
-        for (job_id, by_tm) in samples.iter_mut() {
-            let keys: Vec<(TaskManagerId, u32)> = by_tm.keys().filter(|(tm, _)| tm == tm_id).cloned().collect();
-            for key in keys {
-                if let Some(sample) = by_tm.remove(&key) {
-                    previous.insert((job_id.clone(), key.1), sample);
-                }
-            }
-        }
-        samples.retain(|_, by_tm| !by_tm.is_empty());
-        for report in reports {
-            let before = previous.get(&(report.job_id.clone(), report.attempt));
-            let rates = report.subtasks.iter().map(|s| rates_since(before, s, now)).collect();
-            let sample = Sample { at: now, subtasks: report.subtasks.clone(), rates };
-            samples.entry(report.job_id.clone()).or_default().insert((tm_id.to_string(), report.attempt), sample);
-        }
+        let previous = samples.remove(tm_id).unwrap_or_default();
+        let current = reports
+            .iter()
+            .map(|report| {
+                let key = (report.job_id.clone(), report.attempt);
+                let before = previous.get(&key);
+                let rates = report.subtasks.iter().map(|s| rates_since(before, s, now)).collect();
+                (key, Sample { at: now, subtasks: report.subtasks.clone(), rates })
+            })
+            .collect();
+        samples.insert(tm_id.to_string(), current);
     }
 
     /// Forgets a TaskManager (declared dead or unregistered).
     pub fn forget_task_manager(&self, tm_id: &str) {
-        let mut samples = self.samples();
-        for by_tm in samples.values_mut() {
-            by_tm.retain(|(tm, _), _| tm != tm_id);
-        }
-        samples.retain(|_, by_tm| !by_tm.is_empty());
+        self.samples().remove(tm_id);
     }
 
     /// Every fresh subtask report of `job_id`.
     pub fn job(&self, job_id: &str, now: Instant) -> JobRuntime {
         let samples = self.samples();
         let mut subtasks: Vec<SubtaskRuntime> = samples
-            .get(job_id)
-            .into_iter()
-            .flatten()
-            .filter(|(_, sample)| now.saturating_duration_since(sample.at) < STALE_AFTER)
-            .flat_map(|((tm_id, attempt), sample)| {
+            .iter()
+            .flat_map(|(tm_id, by_job)| by_job.iter().map(move |(key, sample)| (tm_id, key, sample)))
+            .filter(|(_, (job, _), sample)| job == job_id && now.saturating_duration_since(sample.at) < STALE_AFTER)
+            .flat_map(|(tm_id, (_, attempt), sample)| {
                 let age = now.saturating_duration_since(sample.at).as_millis() as u64;
                 sample.subtasks.iter().zip(&sample.rates).map(move |(status, rates)| SubtaskRuntime {
                     tm_id: tm_id.clone(),
@@ -150,7 +141,9 @@ impl RuntimeView {
 
     /// How many jobs have reports (for tests and metrics).
     pub fn jobs(&self) -> usize {
-        self.samples().len()
+        let samples = self.samples();
+        let jobs: std::collections::HashSet<&JobId> = samples.values().flat_map(|m| m.keys().map(|(j, _)| j)).collect();
+        jobs.len()
     }
 }
 

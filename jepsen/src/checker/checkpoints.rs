@@ -41,7 +41,7 @@ use std::ops::Bound::{Excluded, Unbounded};
 
 use serde_json::json;
 
-use super::common::{array_field, nullable_u64_field, ok_ops, u64_field, Capped, Malformed, OkOp};
+use super::common::{array_field, nullable_u64_field, ok_ops, problem_lines, u64_field, Capped, Malformed, OkOp};
 use super::{Validity, Verdict};
 use crate::history::Op;
 
@@ -180,14 +180,7 @@ pub fn check(history: &[Op]) -> Verdict {
         evidence[*kind] = findings.to_json();
     }
 
-    let problems: Vec<String> = kinds
-        .iter()
-        .filter(|(_, findings)| !findings.is_empty())
-        .map(|(kind, findings)| {
-            let first = findings.kept()[0]["summary"].as_str().unwrap_or_default();
-            format!("{} {kind}: {first}", findings.total())
-        })
-        .collect();
+    let problems = problem_lines(kinds);
     if !problems.is_empty() {
         return Verdict::new(NAME, Validity::Invalid, problems.join("; "), evidence);
     }

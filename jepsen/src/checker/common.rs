@@ -212,6 +212,18 @@ pub fn list_names<S: AsRef<str>>(names: &[S], max: usize) -> String {
     out
 }
 
+/// One line per kind of anomaly with findings: "N kind: the first finding's summary".
+pub fn problem_lines<'a>(kinds: impl IntoIterator<Item = (&'a str, &'a Capped)>) -> Vec<String> {
+    kinds
+        .into_iter()
+        .filter(|(_, findings)| !findings.is_empty())
+        .map(|(kind, findings)| {
+            let first = findings.kept().first().and_then(|f| f["summary"].as_str()).unwrap_or_default();
+            format!("{} {kind}: {first}", findings.total())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

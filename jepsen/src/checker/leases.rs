@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::common::{array_field, ok_ops, str_field, u64_field, Capped, Malformed, OkOp};
+use super::common::{array_field, ok_ops, problem_lines, str_field, u64_field, Capped, Malformed, OkOp};
 use super::{Validity, Verdict};
 use crate::history::Op;
 
@@ -106,14 +106,7 @@ pub fn check(history: &[Op]) -> Verdict {
         "malformed": malformed.to_json(),
         "not_checked": "two attempts of one job at once across TaskManagers (see the module doc)",
     });
-    let problems: Vec<String> = [("slot-leased-twice", &leased_twice), ("over-committed", &over_committed)]
-        .into_iter()
-        .filter(|(_, findings)| !findings.is_empty())
-        .map(|(kind, findings)| {
-            let first = findings.kept()[0]["summary"].as_str().unwrap_or_default();
-            format!("{} {kind}: {first}", findings.total())
-        })
-        .collect();
+    let problems = problem_lines([("slot-leased-twice", &leased_twice), ("over-committed", &over_committed)]);
     if !problems.is_empty() {
         return Verdict::new(NAME, Validity::Invalid, problems.join("; "), evidence);
     }
