@@ -2,15 +2,13 @@
 //! [`LeaderServices`] when it leads, and otherwise asks the leader's `GetJobRuntime` with `local_only` set (so the
 //! leader never forwards the question again). One lazily connected channel per replica is reused.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-use tonic::transport::{Channel, Endpoint};
 
 use super::convert;
 use super::pb::job_manager_client::JobManagerClient;
 use super::pb::GetJobRuntimeRequest;
+use super::taskmanager::Channels;
 use crate::dispatcher::RuntimeSource;
 use crate::leader::runtime::JobRuntime;
 use crate::leader::LeaderServices;
@@ -19,27 +17,13 @@ use crate::taskmanager::protocol::BoxFuture;
 /// Live subtask figures from this replica's leader services or from the leader's.
 pub struct GrpcRuntimeSource {
     services: Arc<LeaderServices>,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Channels,
 }
 
 impl GrpcRuntimeSource {
     /// A source over this replica's leader services.
     pub fn new(services: Arc<LeaderServices>) -> Self {
-        Self { services, channels: Mutex::new(HashMap::new()) }
-    }
-
-    fn channel(&self, addr: &str) -> Result<Channel, String> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(channel) = channels.get(addr) {
-            return Ok(channel.clone());
-        }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad address {addr}: {e}"))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
-        Ok(channel)
+        Self { services, channels: Channels::default() }
     }
 }
 
@@ -49,7 +33,7 @@ impl RuntimeSource for GrpcRuntimeSource {
     }
 
     fn fetch(&self, api_addr: &str, job_id: &str, timeout: Duration) -> BoxFuture<Result<Option<JobRuntime>, String>> {
-        let channel = self.channel(api_addr);
+        let channel = self.channels.get(api_addr).map_err(|e| e.to_string());
         let request = GetJobRuntimeRequest { job_id: job_id.to_string(), local_only: true };
         Box::pin(async move {
             let mut client = JobManagerClient::new(channel?);

@@ -30,12 +30,12 @@ const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 /// How long to wait for a TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// One reused channel per address.
+/// One reused channel per address (also used for replica-to-replica client calls, `runtime`).
 #[derive(Default)]
-struct Channels(Mutex<HashMap<String, Channel>>);
+pub(super) struct Channels(Mutex<HashMap<String, Channel>>);
 
 impl Channels {
-    fn get(&self, addr: &str) -> Result<Channel, GatewayError> {
+    pub(super) fn get(&self, addr: &str) -> Result<Channel, GatewayError> {
         let mut channels = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
