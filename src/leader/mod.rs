@@ -246,6 +246,10 @@ async fn record_leader_change(node: Arc<ReplicaNode>, term: u64) {
     let command = Command::RecordLeaderChange { term, leader: node.id, at_ms: node.clock().now_ms(), leaderless_ms };
     match node.write(command).await {
         Ok(_) => tracing::info!(term, ?leaderless_ms, "recorded the leader change"),
+        // A leader restored within its term after a restart finds its term already recorded: nothing changed.
+        Err(crate::cluster::ClusterError::Rejected(e)) => {
+            tracing::info!(term, reason = %e, "leader change already recorded for this term")
+        }
         Err(e) => tracing::warn!(term, error = %e, "could not record the leader change"),
     }
 }
