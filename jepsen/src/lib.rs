@@ -7,6 +7,8 @@
 pub mod check;
 pub mod checker;
 pub mod deploy;
+pub mod deployment;
+pub mod docker;
 pub mod history;
 pub mod nemesis;
 pub mod net;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use jepsen::nemesis::{parse_faults, Schedule};
-use jepsen::run::RunOptions;
+use jepsen::run::{Mode, RunOptions};
 
 #[derive(Debug, Parser)]
 #[command(name = "jepsen", about = "Jepsen's method against jobmanager: clients, nemesis, history, checkers")]
@@ -25,7 +25,10 @@ enum Command {
   jepsen run --time 120 --nemesis smoke
 
   # Every fault, 5 replicas, 10 minutes
-  jepsen run --time 600 --nemesis all --replicas 5")]
+  jepsen run --time 600 --nemesis all --replicas 5
+
+  # The same in Docker containers (root; JM_BIN a statically linked jm; jepsen/run --mode docker builds one)
+  jepsen run --time 600 --nemesis all --replicas 5 --mode docker")]
     Run {
         /// Seconds of workload and faults (the heal and final reads come after).
         #[arg(long, default_value_t = 60)]
@@ -50,7 +53,8 @@ enum Command {
         /// Concurrent client processes.
         #[arg(long, default_value_t = 6)]
         concurrency: usize,
-        /// Deployment: `local` (processes on 127.0.0.1 with proxied links).
+        /// Deployment: `local` (processes on 127.0.0.1 with proxied links) or `docker` (containers on a private
+        /// network, faults through docker kill/pause and iptables/tc in the containers; needs root and a static jm).
         #[arg(long, default_value = "local")]
         mode: String,
         /// Report directory (default: jepsen/store/<timestamp>).
@@ -84,10 +88,14 @@ async fn real_main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { time, replicas, task_managers, nemesis, interval, hold, concurrency, mode, dir, seed } => {
-            if mode != "local" {
-                eprintln!("error: --mode {mode} is not available; only `local` is");
-                return 2;
-            }
+            let mode = match mode.as_str() {
+                "local" => Mode::Local,
+                "docker" => Mode::Docker { prefix: jepsen::docker::run_prefix() },
+                other => {
+                    eprintln!("error: --mode {other} is unknown; use `local` or `docker`");
+                    return 2;
+                }
+            };
             if replicas != 3 && replicas != 5 {
                 eprintln!("error: --replicas must be 3 or 5");
                 return 2;
@@ -115,9 +123,20 @@ async fn real_main() -> i32 {
                 },
                 dir: dir.clone(),
                 seed,
+                mode: mode.clone(),
             };
             println!("jepsen: {time} s, {replicas} replicas, nemesis {nemesis}, seed {seed}, report {}", dir.display());
-            match jepsen::run::run(&options).await {
+            let outcome = tokio::select! {
+                outcome = jepsen::run::run(&options) => outcome,
+                signal = interrupted() => {
+                    if let Mode::Docker { prefix } = &mode {
+                        jepsen::docker::remove_run(prefix);
+                    }
+                    eprintln!("error: interrupted by {signal}; the run's containers and processes are removed");
+                    return 130;
+                }
+            };
+            match outcome {
                 Ok(outcome) => report(&outcome.dir, &outcome.history, &outcome.logs),
                 Err(e) => {
                     eprintln!("error: the run failed: {e:#}");
@@ -136,6 +155,21 @@ async fn real_main() -> i32 {
             let logs = read_logs(&dir);
             report(&dir, &history, &logs)
         }
+    }
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM; returns its name.
+async fn interrupted() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
     }
 }
 

@@ -1,5 +1,8 @@
 //! One run: deploy, set up, drive the clients and the nemesis for the configured time, heal, wait, read
 //! everything back, stop, check, and write the report directory.
+//!
+//! The cluster is a [`Deployment`] (local processes or Docker containers, [`Mode`]); its calls block, so they run
+//! on tokio's blocking pool ([`on`]), never on the workers the clients' latencies are measured on.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,6 +16,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::deploy::{LocalCluster, LocalOptions, PAST_LEASE};
+use crate::deployment::{Deployment, LocalDeployment};
+use crate::docker::{DockerCluster, DockerOptions};
 use crate::history::OpType;
 use crate::nemesis::{self, Fault, Schedule};
 use crate::net::Net;
@@ -38,6 +43,88 @@ pub struct RunOptions {
     pub dir: PathBuf,
     /// Random seed (workload choices and the nemesis).
     pub seed: u64,
+    /// Where the cluster runs.
+    pub mode: Mode,
+}
+
+/// Where the cluster runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Processes on 127.0.0.1, replica links through the harness's proxies.
+    Local,
+    /// Containers on a private network; every object's name starts with `prefix` (see
+    /// [`crate::docker::run_prefix`]), which [`crate::docker::remove_run`] removes when the run is interrupted.
+    Docker {
+        /// The run-unique name prefix.
+        prefix: String,
+    },
+}
+
+/// The deployment, shared by the run loop and the nemesis.
+type Shared = Arc<Mutex<Box<dyn Deployment>>>;
+
+/// Runs `f` on the deployment on tokio's blocking pool (deployment calls run commands and wait for them).
+async fn on<T: Send + 'static>(d: &Shared, f: impl FnOnce(&mut dyn Deployment) -> T + Send + 'static) -> T {
+    let d = d.clone();
+    match tokio::task::spawn_blocking(move || f(lock(&d).as_mut())).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Deploys the cluster `options.mode` says.
+async fn deploy(options: &RunOptions) -> Result<Box<dyn Deployment>> {
+    match &options.mode {
+        Mode::Local => {
+            let local = LocalOptions {
+                replicas: options.replicas,
+                task_managers: options.task_managers,
+                slots: 32,
+                server_args: Vec::new(),
+            };
+            let addrs = LocalCluster::plan(&local)?;
+            let net = Net::start(addrs.iter().map(|(id, a)| (*id, a.raft)).collect()).await?;
+            let via = addrs.keys().map(|id| (*id, net.via(*id))).collect();
+            let cluster = LocalCluster::start(&options.dir, &local, addrs, &via)?;
+            Ok(Box::new(LocalDeployment { cluster, net }))
+        }
+        Mode::Docker { prefix } => {
+            let version = crate::docker::preflight()?;
+            let jm = crate::docker::image::static_jm_binary()?;
+            let docker = DockerOptions {
+                replicas: options.replicas,
+                task_managers: options.task_managers,
+                slots: 32,
+                prefix: prefix.clone(),
+            };
+            println!("jepsen: docker {version}, jm {}, containers {prefix}-*", jm.display());
+            let dir = options.dir.clone();
+            let cluster = tokio::task::spawn_blocking(move || DockerCluster::start(&dir, &docker, &jm))
+                .await
+                .context("the docker deployment panicked")??;
+            Ok(Box::new(cluster))
+        }
+    }
+}
+
+/// The faults `d` can carry out; the others are named on stderr with the reason. Refuses a run left with none
+/// when some were asked for.
+fn supported_faults(d: &dyn Deployment, faults: &[Fault]) -> Result<(Vec<Fault>, Vec<String>)> {
+    let mut kept = Vec::new();
+    let mut skipped = Vec::new();
+    for &fault in faults {
+        match d.unsupported(fault) {
+            None => kept.push(fault),
+            Some(why) => {
+                eprintln!("jepsen: warning: fault {} skipped in {} mode: {why}", fault.name(), d.mode());
+                skipped.push(format!("{}: {why}", fault.name()));
+            }
+        }
+    }
+    if kept.is_empty() && !faults.is_empty() {
+        bail!("none of the requested faults can run in {} mode: {}", d.mode(), skipped.join("; "));
+    }
+    Ok((kept, skipped))
 }
 
 /// Register keys of the register workload (metadata keys of one holder job).
@@ -64,23 +151,19 @@ pub struct Outcome {
 /// Runs the whole thing.
 pub async fn run(options: &RunOptions) -> Result<Outcome> {
     std::fs::create_dir_all(&options.dir).with_context(|| format!("cannot create {}", options.dir.display()))?;
-    let local = LocalOptions {
-        replicas: options.replicas,
-        task_managers: options.task_managers,
-        slots: 32,
-        server_args: Vec::new(),
-    };
-    let addrs = LocalCluster::plan(&local)?;
-    let net = Net::start(addrs.iter().map(|(id, a)| (*id, a.raft)).collect()).await?;
-    let via = addrs.keys().map(|id| (*id, net.via(*id))).collect();
-    let cluster = LocalCluster::start(&options.dir, &local, addrs, &via)?;
-    let cluster = Arc::new(Mutex::new(cluster));
+    let deployment = deploy(options).await?;
+    let (faults, skipped) = supported_faults(deployment.as_ref(), &options.faults)?;
+    let mut described = deployment.describe();
+    described["skipped_faults"] = json!(skipped);
+    std::fs::write(options.dir.join("deployment.json"), serde_json::to_string_pretty(&described)?)?;
+    let options = &RunOptions { faults, ..options.clone() };
+    let cluster: Shared = Arc::new(Mutex::new(deployment));
     let recorder = Recorder::new();
     let clients = Arc::new(Clients::default());
     let apis = lock(&cluster).api_addrs();
 
     if wait_for_leader(&clients, &apis, Duration::from_secs(30)).await.is_none() {
-        lock(&cluster).stop();
+        on(&cluster, |d| d.stop()).await;
         bail!("no leader within 30 s: see the replicas' logs in {}", options.dir.display());
     }
     let setup = Arc::new(set_up(&clients, &apis).await?);
@@ -102,17 +185,10 @@ pub async fn run(options: &RunOptions) -> Result<Outcome> {
         };
         tasks.spawn(client_loop(ctx, options.seed.wrapping_add(n as u64)));
     }
-    let tm_http: Vec<String> = lock(&cluster).task_managers.values().map(|(_, http)| http.clone()).collect();
+    let tm_http: Vec<String> = lock(&cluster).task_manager_http().into_values().collect();
     tasks.spawn(observe(recorder.clone(), clients.clone(), apis.clone(), tm_http.clone(), stop.clone()));
-    let net = Arc::new(Mutex::new(net));
-    let nemesis = tokio::spawn(run_nemesis(
-        options.clone(),
-        cluster.clone(),
-        net.clone(),
-        clients.clone(),
-        recorder.clone(),
-        stop.clone(),
-    ));
+    let nemesis =
+        tokio::spawn(run_nemesis(options.clone(), cluster.clone(), clients.clone(), recorder.clone(), stop.clone()));
 
     tokio::time::sleep(options.time).await;
     stop.store(true, Ordering::Relaxed);
@@ -121,13 +197,12 @@ pub async fn run(options: &RunOptions) -> Result<Outcome> {
 
     // Heal, wait, read back.
     recorder.nemesis("start", "heal");
-    lock(&net).heal();
-    lock(&cluster).heal_processes()?;
+    on(&cluster, |d| d.heal_network().and_then(|()| d.heal_processes())).await?;
     recorder.nemesis("stop", "heal");
     tokio::time::sleep(Duration::from_secs(3)).await;
     wait_for_leader(&clients, &apis, Duration::from_secs(30)).await;
     final_reads(&recorder, &clients, &apis, &setup, &tm_http).await;
-    lock(&cluster).stop();
+    on(&cluster, |d| d.stop()).await;
     let logs = lock(&cluster).logs();
     let history = recorder.snapshot();
     crate::history::write_jsonl(&options.dir.join("history.jsonl"), &history)?;
@@ -354,8 +429,7 @@ async fn quiesce(clients: &Clients, apis: &BTreeMap<u64, String>) {
 /// The nemesis loop: quiet, fault, hold, heal; until the run ends.
 async fn run_nemesis(
     options: RunOptions,
-    cluster: Arc<Mutex<LocalCluster>>,
-    net: Arc<Mutex<Net>>,
+    cluster: Shared,
     clients: Arc<Clients>,
     recorder: Recorder,
     stop: Arc<AtomicBool>,
@@ -372,51 +446,45 @@ async fn run_nemesis(
         let leader = leader(&clients, &apis).await;
         let target = leader.unwrap_or(ids[0]);
         let hold = options.schedule.hold(&mut rng);
-        let description = match fault {
+        let split_rng = StdRng::seed_from_u64(rng.gen());
+        let applied: Result<String> = match fault {
             Fault::KillLeader | Fault::KillRandom => {
                 let victim = if fault == Fault::KillLeader { target } else { ids[rng.gen_range(0..ids.len())] };
-                if let Some(p) = lock(&cluster).replicas.get_mut(&victim) {
-                    p.kill();
-                }
-                format!("{} {victim}", fault.name())
+                on(&cluster, move |d| d.kill(victim)).await.map(|()| format!("{} {victim}", fault.name()))
             }
             Fault::PauseLeader => {
-                if let Some(p) = lock(&cluster).replicas.get_mut(&target) {
-                    p.pause();
-                }
-                format!("pause-leader {target}")
+                on(&cluster, move |d| d.pause(target)).await.map(|()| format!("pause-leader {target}"))
             }
-            Fault::PartitionLeader => lock(&net).isolate(target),
-            Fault::PartitionHalves => lock(&net).majority_minority(&mut rng).description,
-            Fault::PartitionRing => lock(&net).ring(&mut rng).description,
+            Fault::PartitionLeader => on(&cluster, move |d| d.isolate(target)).await,
+            Fault::PartitionHalves => on(&cluster, move |d| d.majority_minority(&mut { split_rng })).await,
+            Fault::PartitionRing => on(&cluster, move |d| d.ring(&mut { split_rng })).await,
             Fault::PartitionOneWay => {
                 let other = *ids.iter().find(|id| **id != target).unwrap_or(&target);
-                lock(&net).one_way(target, other)
+                on(&cluster, move |d| d.one_way(target, other)).await
             }
-            Fault::Delay => lock(&net).delay(Duration::from_millis(50), Duration::from_millis(100)),
-            Fault::Loss => lock(&net).loss(0.2, Duration::from_millis(200)),
-            Fault::RestartAll => {
-                for p in lock(&cluster).replicas.values_mut() {
-                    p.kill();
-                }
-                "restart-all".to_string()
-            }
+            Fault::Delay => on(&cluster, |d| d.delay(Duration::from_millis(50), Duration::from_millis(100))).await,
+            Fault::Loss => on(&cluster, |d| d.loss(0.2, Duration::from_millis(200))).await,
+            Fault::RestartAll => on(&cluster, |d| d.kill_all()).await.map(|()| "restart-all".to_string()),
             Fault::KillTaskManager => {
-                let numbers: Vec<u64> = lock(&cluster).task_managers.keys().copied().collect();
-                let victim = numbers[rng.gen_range(0..numbers.len())];
-                if let Some((p, _)) = lock(&cluster).task_managers.get_mut(&victim) {
-                    p.kill();
+                let numbers: Vec<u64> = lock(&cluster).task_manager_http().into_keys().collect();
+                if numbers.is_empty() {
+                    continue;
                 }
-                format!("kill-taskmanager {victim}")
+                let victim = numbers[rng.gen_range(0..numbers.len())];
+                on(&cluster, move |d| d.kill_task_manager(victim)).await.map(|()| format!("kill-taskmanager {victim}"))
             }
         };
+        // A fault that could not be applied is still a window in the history, named as such, so the report shows it.
+        let description = applied.unwrap_or_else(|e| {
+            eprintln!("jepsen: warning: fault {} could not be applied: {e:#}", fault.name());
+            format!("{} not applied: {e:#}", fault.name())
+        });
         recorder.nemesis("start", &description);
         tracing::info!(fault = %description, "nemesis");
         let hold = if fault == Fault::PauseLeader { hold.max(PAST_LEASE) } else { hold };
         let stopped = sleep_unless_stopped(hold, &stop).await;
-        lock(&net).heal();
-        if let Err(e) = lock(&cluster).heal_processes() {
-            tracing::warn!(error = %e, "could not restart a process");
+        if let Err(e) = on(&cluster, |d| d.heal_network().and_then(|()| d.heal_processes())).await {
+            eprintln!("jepsen: warning: the heal after {description} failed: {e:#}");
         }
         recorder.nemesis("stop", &description);
         if stopped {

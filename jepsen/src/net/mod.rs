@@ -335,16 +335,16 @@ impl Net {
     }
 }
 
-fn list_string(nodes: &[u64]) -> String {
+pub(crate) fn list_string(nodes: &[u64]) -> String {
     format!("[{}]", nodes.iter().map(u64::to_string).collect::<Vec<_>>().join(","))
 }
 
-fn groups_string(groups: &[Vec<u64>]) -> String {
+pub(crate) fn groups_string(groups: &[Vec<u64>]) -> String {
     format!("[{}]", groups.iter().map(|g| list_string(g)).collect::<Vec<_>>().join(","))
 }
 
 /// Per node, the (symmetric) set of nodes it sees in a majorities ring. See [`Net::ring`].
-fn ring_visibility(nodes: &[u64], rng: &mut impl Rng) -> BTreeMap<u64, BTreeSet<u64>> {
+pub(crate) fn ring_visibility(nodes: &[u64], rng: &mut impl Rng) -> BTreeMap<u64, BTreeSet<u64>> {
     let n = nodes.len();
     assert!(n >= 3, "a majorities ring needs at least 3 nodes, not {n}");
     let majority = n / 2 + 1;

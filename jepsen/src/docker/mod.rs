@@ -1,0 +1,801 @@
+//! The Docker deployment (`jepsen run --mode docker`): every replica and TaskManager in its own container on a
+//! private, internal network, faults driven from the host. It owns the containers, the network, the image (see
+//! [`image`]) and the kernel state of the containers' network namespaces (see [`links`]).
+//!
+//! # Layout
+//!
+//! A run-unique prefix `jepsen-<pid>-<n>` names everything: the network `<prefix>-net` (`--internal`, a /24 the
+//! harness picks among free ones, so addresses are fixed and survive restarts), the replicas `<prefix>-node-N` at
+//! `.10+N` and the TaskManagers `<prefix>-tm-N` at `.100+N`. Every object carries the labels
+//! `io.jobmanager.jepsen=1`, `io.jobmanager.jepsen.run=<prefix>` and `io.jobmanager.jepsen.pid=<harness pid>`.
+//! Each container's data dir is the run directory's `node-N/` or `tm-N/` mounted at `/data`, and every container
+//! mounts the run's `checkpoints/` at `/checkpoints` (the shared checkpoint storage). The clients run on the host and
+//! reach the containers over the bridge, which an internal network still gives the host.
+//!
+//! # Faults
+//!
+//! | Fault | Docker equivalent |
+//! | --- | --- |
+//! | kill | `docker kill -s KILL`; `docker start` at the heal (same container, data dir and address) |
+//! | pause | `docker pause` (cgroup freezer: every thread stopped at once); `docker unpause` at the heal |
+//! | restart-all | one `docker kill -s KILL` naming every replica; one `docker start` at the heal |
+//! | partitions, one-way | iptables `DROP` on the receiver's `INPUT` per blocked peer, via `nsenter -t PID -n` |
+//! | loss | iptables `statistic` random `DROP` on every replica link (real loss: TCP retransmits) |
+//! | delay | tc `netem` on each replica's egress to its peers; without `sch_netem`, iptables `NFQUEUE` and a [`delayer`] |
+//!
+//! # Invariants and caveats
+//!
+//! * Every container is removed when the run ends, fails ([`Drop`]) or is interrupted ([`remove_run`] from the
+//!   signal handler); objects of earlier runs whose harness is gone are removed at start ([`remove_stale`]).
+//! * `docker start` gives a container a fresh network namespace: rules are gone. The nemesis heals the network
+//!   before it restarts anything; [`DockerCluster`] also re-applies the current state to a restarted container.
+//! * The logs are `docker logs` of each container (every incarnation, stdout and stderr), written to
+//!   `node-N/server.log` / `tm-N/taskmanager.log` when the cluster stops.
+//! * Needs root on the host (nsenter into the containers' namespaces) and `docker`, `nsenter`, `iptables-restore`
+//!   and `tc` there; the containers need nothing but `jm`.
+
+pub mod delayer;
+pub mod image;
+pub mod links;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use rand::rngs::StdRng;
+
+use crate::deployment::Deployment;
+use crate::nemesis::Fault;
+use delayer::Delayer;
+use links::{DelayMethod, Links};
+
+/// The label every object of the harness carries.
+pub const LABEL: &str = "io.jobmanager.jepsen";
+/// The label naming the run (its prefix).
+pub const RUN_LABEL: &str = "io.jobmanager.jepsen.run";
+/// The label naming the harness process that owns the object.
+pub const PID_LABEL: &str = "io.jobmanager.jepsen.pid";
+
+/// The replicas' client API port.
+pub const API_PORT: u16 = 6000;
+/// The replicas' Raft port.
+pub const RAFT_PORT: u16 = 7000;
+/// The TaskManagers' RPC port.
+pub const TM_PORT: u16 = 6100;
+/// The TaskManagers' HTTP port.
+pub const TM_HTTP_PORT: u16 = 8081;
+
+/// What can go wrong with Docker itself; each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    /// No `docker`, or no daemon answering.
+    #[error("docker not available: {0}")]
+    NotAvailable(String),
+    /// A host tool the faults need is missing.
+    #[error("{0} not found on the host; the docker mode needs docker, nsenter, iptables-restore and tc (iproute2)")]
+    MissingTool(String),
+    /// Not root.
+    #[error("the docker mode needs root (it enters the containers' network namespaces with nsenter)")]
+    NotRoot,
+    /// No static `jm` found.
+    #[error("no statically linked jm: {0}")]
+    NoStaticBinary(String),
+    /// The `jm` given is dynamically linked.
+    #[error("{0} is dynamically linked and cannot run in an empty image; build it with `{1}` and set JM_BIN")]
+    NotStatic(PathBuf, String),
+    /// `docker import` or its staging failed.
+    #[error("image build failed: {0}")]
+    ImageBuild(String),
+    /// A command failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// What it said.
+        stderr: String,
+    },
+    /// No free /24 for the network.
+    #[error("cannot create the network: {0}")]
+    Network(String),
+}
+
+/// Runs a command to completion; its stdout, or what it said when it failed.
+fn run_command(command: &mut Command, stdin: Option<&str>) -> Result<String, DockerError> {
+    let line = format!("{command:?}").replace('"', "");
+    let program = command.get_program().to_string_lossy().into_owned();
+    let missing = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => DockerError::MissingTool(program.clone()),
+        _ => DockerError::Command { command: line.clone(), status: "not started".into(), stderr: e.to_string() },
+    };
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = command.spawn().map_err(missing)?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use std::io::Write as _;
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    let output = child.wait_with_output().map_err(|e| DockerError::Command {
+        command: line.clone(),
+        status: "lost".into(),
+        stderr: e.to_string(),
+    })?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(DockerError::Command {
+            command: line,
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// `docker ARGS`.
+pub fn docker(args: &[&str]) -> Result<String, DockerError> {
+    run_command(Command::new("docker").args(args), None)
+}
+
+/// The command line that runs `program args` in the network namespace of process `pid`.
+pub fn nsenter_command(pid: u32, program: &str, args: &[String]) -> Vec<String> {
+    let mut line = vec!["nsenter".to_string(), "-t".into(), pid.to_string(), "-n".into(), program.to_string()];
+    line.extend(args.iter().cloned());
+    line
+}
+
+fn nsenter(pid: u32, program: &str, args: &[String], stdin: Option<&str>) -> Result<String, DockerError> {
+    let line = nsenter_command(pid, program, args);
+    run_command(Command::new(&line[0]).args(&line[1..]), stdin)
+}
+
+/// Checks what the docker mode needs on the host: root, a daemon, nsenter, iptables-restore, tc.
+pub fn preflight() -> Result<String, DockerError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(DockerError::NotRoot);
+    }
+    let version = match docker(&["version", "--format", "{{.Server.Version}}"]) {
+        Ok(v) => v.trim().to_string(),
+        Err(DockerError::MissingTool(_)) => return Err(DockerError::NotAvailable("no docker command".into())),
+        Err(DockerError::Command { stderr, .. }) => return Err(DockerError::NotAvailable(stderr)),
+        Err(e) => return Err(DockerError::NotAvailable(e.to_string())),
+    };
+    for tool in ["nsenter", "iptables-restore", "tc"] {
+        let found = std::env::var_os("PATH")
+            .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+            .unwrap_or(false)
+            || ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().any(|dir| Path::new(dir).join(tool).is_file());
+        if !found {
+            return Err(DockerError::MissingTool(tool.into()));
+        }
+    }
+    Ok(version)
+}
+
+/// Removes every container and network of run `prefix`. Errors are ignored: this is the cleanup of last resort.
+pub fn remove_run(prefix: &str) {
+    remove_labelled(&format!("{RUN_LABEL}={prefix}"), |_| true);
+}
+
+/// Removes the containers and networks of earlier runs whose harness process is gone. Returns how many objects.
+pub fn remove_stale() -> usize {
+    let own = std::process::id().to_string();
+    let alive = |pid: &str| -> bool {
+        pid == own
+            || std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim().starts_with("jepsen"))
+    };
+    remove_labelled(LABEL, |pid| !alive(pid))
+}
+
+/// Removes the containers, then the networks, carrying `filter` (a `--filter label=` value) whose owning pid
+/// satisfies `stale`.
+fn remove_labelled(filter: &str, stale: impl Fn(&str) -> bool) -> usize {
+    let label = format!("label={filter}");
+    let format = format!("{{{{.ID}}}} {{{{.Label \"{PID_LABEL}\"}}}}");
+    let pick = |listing: Result<String, DockerError>| -> Vec<String> {
+        listing
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' ').or(Some((l, ""))))
+            .filter(|(id, pid)| !id.is_empty() && stale(pid.trim()))
+            .map(|(id, _)| id.to_string())
+            .collect()
+    };
+    let containers = pick(docker(&["ps", "-a", "--filter", &label, "--format", &format]));
+    if !containers.is_empty() {
+        let mut args = vec!["rm", "-f", "-v"];
+        args.extend(containers.iter().map(String::as_str));
+        let _ = docker(&args);
+    }
+    let networks = pick(docker(&["network", "ls", "--filter", &label, "--format", &format]));
+    for network in &networks {
+        let _ = docker(&["network", "rm", network]);
+    }
+    containers.len() + networks.len()
+}
+
+/// Settings of a Docker deployment.
+#[derive(Debug, Clone)]
+pub struct DockerOptions {
+    /// Replicas.
+    pub replicas: u64,
+    /// TaskManagers.
+    pub task_managers: u64,
+    /// Slots per TaskManager.
+    pub slots: u32,
+    /// The run-unique name prefix (see [`run_prefix`]).
+    pub prefix: String,
+}
+
+/// A run-unique prefix: the harness's pid and the clock.
+pub fn run_prefix() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("jepsen-{}-{}", std::process::id(), now % 100_000)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Running,
+    Paused,
+    Killed,
+}
+
+#[derive(Debug)]
+struct Container {
+    name: String,
+    ip: Ipv4Addr,
+    log: PathBuf,
+    state: State,
+}
+
+/// The containers of a run. See the module docs.
+pub struct DockerCluster {
+    prefix: String,
+    network: String,
+    /// The image the containers run.
+    pub image: String,
+    /// The network's subnet.
+    pub subnet: String,
+    replicas: BTreeMap<u64, Container>,
+    task_managers: BTreeMap<u64, Container>,
+    links: Links,
+    /// How delays are done here, or why they cannot be.
+    delay: std::result::Result<DelayMethod, String>,
+    /// The delayer thread in each replica's namespace while an NFQUEUE delay is on, with the pid it entered.
+    delayers: BTreeMap<u64, (u32, links::LinkFault, Delayer)>,
+    /// Whether a qdisc may be installed (so heals must remove it).
+    qdiscs: bool,
+    stopped: bool,
+}
+
+impl DockerCluster {
+    /// Builds (or reuses) the image of `jm`, creates the network, starts the replicas and TaskManagers, and probes
+    /// what the kernel supports. On error everything created so far is removed.
+    pub fn start(dir: &Path, options: &DockerOptions, jm: &Path) -> Result<Self> {
+        let removed = remove_stale();
+        if removed > 0 {
+            eprintln!("jepsen: removed {removed} container(s)/network(s) left by earlier runs");
+        }
+        let image = image::ensure(jm)?;
+        let (network, subnet, base) = create_network(&options.prefix)?;
+        let mut cluster = DockerCluster {
+            prefix: options.prefix.clone(),
+            network,
+            image,
+            subnet,
+            replicas: BTreeMap::new(),
+            task_managers: BTreeMap::new(),
+            links: Links::new(BTreeMap::new()),
+            delay: Err("not probed".into()),
+            delayers: BTreeMap::new(),
+            qdiscs: false,
+            stopped: false,
+        };
+        // From here on, Drop removes whatever was created if a step fails.
+        let checkpoints = dir.join("checkpoints");
+        std::fs::create_dir_all(&checkpoints)?;
+        let replica_ip = |id: u64| Ipv4Addr::new(base[0], base[1], base[2], 10 + id as u8);
+        let tm_ip = |n: u64| Ipv4Addr::new(base[0], base[1], base[2], 100 + n as u8);
+        let peers: Vec<String> = (1..=options.replicas)
+            .map(|id| format!("{id}={ip}:{RAFT_PORT}/{ip}:{API_PORT}", ip = replica_ip(id)))
+            .collect();
+        for id in 1..=options.replicas {
+            let data = dir.join(format!("node-{id}"));
+            std::fs::create_dir_all(&data)?;
+            let args = server_args(id, &peers.join(","));
+            let c = cluster.create(&format!("node-{id}"), replica_ip(id), &data, &checkpoints, &args, "server.log")?;
+            cluster.replicas.insert(id, c);
+        }
+        let apis: Vec<String> = (1..=options.replicas).map(|id| format!("{}:{API_PORT}", replica_ip(id))).collect();
+        for n in 1..=options.task_managers {
+            let data = dir.join(format!("tm-{n}"));
+            std::fs::create_dir_all(&data)?;
+            let args = task_manager_args(tm_ip(n), &apis.join(","), options.slots);
+            let c = cluster.create(&format!("tm-{n}"), tm_ip(n), &data, &checkpoints, &args, "taskmanager.log")?;
+            cluster.task_managers.insert(n, c);
+        }
+        cluster.delay = cluster.probe_delay();
+        let method = *cluster.delay.as_ref().unwrap_or(&DelayMethod::Netem);
+        cluster.links =
+            Links::new(cluster.replicas.iter().map(|(id, c)| (*id, c.ip)).collect()).with_delay_method(method);
+        Ok(cluster)
+    }
+
+    /// Creates and starts one container.
+    fn create(
+        &self,
+        role: &str,
+        ip: Ipv4Addr,
+        data: &Path,
+        checkpoints: &Path,
+        args: &[String],
+        log: &str,
+    ) -> Result<Container> {
+        let name = format!("{}-{role}", self.prefix);
+        let data = std::fs::canonicalize(data)?;
+        let checkpoints = std::fs::canonicalize(checkpoints)?;
+        let mut line: Vec<String> = [
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--hostname",
+            role,
+            "--network",
+            &self.network,
+            "--ip",
+            &ip.to_string(),
+            "--label",
+            &format!("{LABEL}=1"),
+            "--label",
+            &format!("{RUN_LABEL}={}", self.prefix),
+            "--label",
+            &format!("{PID_LABEL}={}", std::process::id()),
+            "--env",
+            "RUST_LOG=info,openraft=warn",
+            "--volume",
+            &format!("{}:/data", data.display()),
+            "--volume",
+            &format!("{}:/checkpoints", checkpoints.display()),
+            &self.image,
+        ]
+        .map(String::from)
+        .to_vec();
+        line.extend(args.iter().cloned());
+        let line: Vec<&str> = line.iter().map(String::as_str).collect();
+        docker(&line).with_context(|| format!("cannot start container {name}"))?;
+        Ok(Container { name, ip, log: data.join(log), state: State::Running })
+    }
+
+    /// How this kernel can delay packets: netem if it has `sch_netem` and `sch_prio`, else NFQUEUE; the reasons if
+    /// neither works.
+    fn probe_delay(&self) -> std::result::Result<DelayMethod, String> {
+        let probe = self.replicas.values().next().ok_or("no replica to probe")?;
+        let pid = self.pid(&probe.name).map_err(|e| format!("cannot probe the kernel in {}: {e}", probe.name))?;
+        let tc = |args: &str| nsenter(pid, "tc", &args.split(' ').map(String::from).collect::<Vec<_>>(), None);
+        let netem = tc(&format!("qdisc add dev {} root handle 1: prio bands 4", links::IFACE))
+            .map_err(|e| format!("the kernel has no prio qdisc (sch_prio): {e}"))
+            .and_then(|_| {
+                tc(&format!("qdisc add dev {} parent 1:4 handle 40: netem delay 1ms", links::IFACE))
+                    .map_err(|e| format!("the kernel has no netem qdisc (CONFIG_NET_SCH_NETEM): {e}"))
+            });
+        let _ = tc(&format!("qdisc del dev {} root", links::IFACE));
+        let Err(no_netem) = netem else { return Ok(DelayMethod::Netem) };
+        match Delayer::start(pid, Duration::from_millis(1), Duration::ZERO, 0) {
+            Ok(delayer) => {
+                delayer.stop();
+                Ok(DelayMethod::Nfqueue)
+            }
+            Err(e) => Err(format!("{no_netem}; and no nfnetlink_queue (CONFIG_NETFILTER_NETLINK_QUEUE): {e}")),
+        }
+    }
+
+    /// The pid of a running container's first process (whose network namespace is the container's).
+    fn pid(&self, name: &str) -> Result<u32, DockerError> {
+        let out = docker(&["inspect", "--format", "{{.State.Pid}}", name])?;
+        out.trim().parse::<u32>().ok().filter(|p| *p != 0).ok_or_else(|| DockerError::Command {
+            command: format!("docker inspect {name}"),
+            status: "no pid".into(),
+            stderr: format!("{name} is not running"),
+        })
+    }
+
+    /// The run's name prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// What was deployed, for the report directory.
+    fn description(&self) -> serde_json::Value {
+        let list = |m: &BTreeMap<u64, Container>| -> Vec<serde_json::Value> {
+            m.values().map(|c| serde_json::json!({"name": c.name, "ip": c.ip.to_string()})).collect()
+        };
+        serde_json::json!({
+            "mode": "docker",
+            "image": self.image,
+            "network": self.network,
+            "subnet": self.subnet,
+            "replicas": list(&self.replicas),
+            "task_managers": list(&self.task_managers),
+            "delay": match &self.delay {
+                Ok(DelayMethod::Netem) => "tc netem".to_string(),
+                Ok(DelayMethod::Nfqueue) => "iptables NFQUEUE and the harness's delayer (no netem in this kernel)".into(),
+                Err(why) => format!("unavailable: {why}"),
+            },
+        })
+    }
+
+    /// Brings the network namespace of replica `id` to the current fault state.
+    fn apply(&mut self, id: u64) -> Result<()> {
+        let c = &self.replicas[&id];
+        if c.state == State::Killed {
+            // No namespace; a restart gets a fresh one and re-applies.
+            if let Some((_, _, delayer)) = self.delayers.remove(&id) {
+                delayer.stop();
+            }
+            return Ok(());
+        }
+        let pid = self.pid(&c.name)?;
+        // A delayer is bound before packets are queued to it and stopped after they no longer are.
+        // A delayer that entered an earlier incarnation's namespace, or delays by other amounts, is replaced.
+        let link = self.links.link();
+        if self.delayers.get(&id).is_some_and(|(entered, fault, _)| *entered != pid || *fault != link) {
+            if let Some((_, _, delayer)) = self.delayers.remove(&id) {
+                delayer.stop();
+            }
+        }
+        if let (true, false, links::LinkFault::Delay { base, jitter }) =
+            (self.links.needs_delayer(), self.delayers.contains_key(&id), link)
+        {
+            let delayer = Delayer::start(pid, base, jitter, id)
+                .with_context(|| format!("cannot start the delayer in {}", c.name))?;
+            self.delayers.insert(id, (pid, link, delayer));
+        }
+        nsenter(pid, "iptables-restore", &["-w".into()], Some(&self.links.iptables_restore(id)))
+            .with_context(|| format!("cannot set the firewall of {}", c.name))?;
+        if !self.links.needs_delayer() {
+            if let Some((_, _, delayer)) = self.delayers.remove(&id) {
+                delayer.stop();
+            }
+        }
+        if self.qdiscs {
+            let _ = nsenter(pid, "tc", &Links::tc_reset(), None);
+        }
+        for args in self.links.tc_commands(id) {
+            nsenter(pid, "tc", &args, None).with_context(|| format!("cannot set the qdiscs of {}", c.name))?;
+        }
+        Ok(())
+    }
+
+    /// Applies the current fault state everywhere and returns `description`.
+    fn apply_all(&mut self, description: String) -> Result<String> {
+        let delaying = matches!(self.links.link(), links::LinkFault::Delay { .. });
+        // While applying, some containers may already have the new qdiscs: a failure must leave `qdiscs` set.
+        self.qdiscs |= delaying;
+        let ids: Vec<u64> = self.replicas.keys().copied().collect();
+        for id in ids {
+            self.apply(id)?;
+        }
+        self.qdiscs = delaying;
+        Ok(description)
+    }
+
+    fn containers(&self) -> impl Iterator<Item = &Container> {
+        self.replicas.values().chain(self.task_managers.values())
+    }
+
+    /// Kills the containers in `names`, one command for all (so they die at once).
+    fn kill_names(names: &[String]) -> Result<()> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let mut args = vec!["kill", "--signal", "KILL"];
+        args.extend(names.iter().map(String::as_str));
+        docker(&args)?;
+        Ok(())
+    }
+
+    /// Writes every container's `docker logs` to its log file.
+    fn save_logs(&self) {
+        for c in self.containers() {
+            let Ok(file) = std::fs::File::create(&c.log) else { continue };
+            let Ok(copy) = file.try_clone() else { continue };
+            let _ = Command::new("docker").args(["logs", &c.name]).stdout(copy).stderr(file).status();
+        }
+    }
+
+    fn start_container(c: &mut Container) -> Result<()> {
+        match c.state {
+            State::Running => {}
+            State::Paused => {
+                docker(&["unpause", &c.name])?;
+            }
+            State::Killed => {
+                docker(&["start", &c.name])?;
+            }
+        }
+        c.state = State::Running;
+        Ok(())
+    }
+}
+
+impl Deployment for DockerCluster {
+    fn mode(&self) -> &'static str {
+        "docker"
+    }
+
+    fn api_addrs(&self) -> BTreeMap<u64, String> {
+        self.replicas.iter().map(|(id, c)| (*id, format!("{}:{API_PORT}", c.ip))).collect()
+    }
+
+    fn task_manager_http(&self) -> BTreeMap<u64, String> {
+        self.task_managers.iter().map(|(n, c)| (*n, format!("{}:{TM_HTTP_PORT}", c.ip))).collect()
+    }
+
+    fn unsupported(&self, fault: Fault) -> Option<String> {
+        match fault {
+            Fault::Delay => self.delay.as_ref().err().cloned(),
+            _ => None,
+        }
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        self.description()
+    }
+
+    fn kill(&mut self, id: u64) -> Result<()> {
+        let c = self.replicas.get_mut(&id).with_context(|| format!("no replica {id}"))?;
+        if c.state == State::Paused {
+            docker(&["unpause", &c.name])?;
+        }
+        Self::kill_names(std::slice::from_ref(&c.name))?;
+        c.state = State::Killed;
+        Ok(())
+    }
+
+    fn pause(&mut self, id: u64) -> Result<()> {
+        let c = self.replicas.get_mut(&id).with_context(|| format!("no replica {id}"))?;
+        if c.state == State::Running {
+            docker(&["pause", &c.name])?;
+            c.state = State::Paused;
+        }
+        Ok(())
+    }
+
+    fn kill_all(&mut self) -> Result<()> {
+        for c in self.replicas.values_mut().filter(|c| c.state == State::Paused) {
+            docker(&["unpause", &c.name])?;
+            c.state = State::Running;
+        }
+        let names: Vec<String> =
+            self.replicas.values().filter(|c| c.state == State::Running).map(|c| c.name.clone()).collect();
+        Self::kill_names(&names)?;
+        self.replicas.values_mut().for_each(|c| c.state = State::Killed);
+        Ok(())
+    }
+
+    fn kill_task_manager(&mut self, n: u64) -> Result<()> {
+        let c = self.task_managers.get_mut(&n).with_context(|| format!("no TaskManager {n}"))?;
+        if c.state == State::Running {
+            Self::kill_names(std::slice::from_ref(&c.name))?;
+            c.state = State::Killed;
+        }
+        Ok(())
+    }
+
+    fn heal_processes(&mut self) -> Result<()> {
+        let killed: Vec<String> =
+            self.replicas.values().filter(|c| c.state == State::Killed).map(|c| c.name.clone()).collect();
+        if killed.len() > 1 {
+            // One command, so a restart-all brings every replica back at once.
+            let mut args = vec!["start"];
+            args.extend(killed.iter().map(String::as_str));
+            docker(&args)?;
+            self.replicas.values_mut().filter(|c| c.state == State::Killed).for_each(|c| c.state = State::Running);
+        }
+        let mut restarted = Vec::new();
+        for (id, c) in &mut self.replicas {
+            if c.state != State::Running {
+                if c.state == State::Killed {
+                    restarted.push(*id);
+                }
+                Self::start_container(c)?;
+            }
+        }
+        for c in self.task_managers.values_mut() {
+            Self::start_container(c)?;
+        }
+        if !self.links.is_healthy() {
+            for id in restarted {
+                self.apply(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn isolate(&mut self, id: u64) -> Result<String> {
+        let description = self.links.isolate(id);
+        self.apply_all(description)
+    }
+
+    fn majority_minority(&mut self, rng: &mut StdRng) -> Result<String> {
+        let description = self.links.majority_minority(rng);
+        self.apply_all(description)
+    }
+
+    fn ring(&mut self, rng: &mut StdRng) -> Result<String> {
+        let description = self.links.ring(rng);
+        self.apply_all(description)
+    }
+
+    fn one_way(&mut self, from: u64, to: u64) -> Result<String> {
+        let description = self.links.one_way(from, to);
+        self.apply_all(description)
+    }
+
+    fn delay(&mut self, base: Duration, jitter: Duration) -> Result<String> {
+        if let Err(why) = &self.delay {
+            bail!("delay is not available: {why}");
+        }
+        let description = self.links.delay(base, jitter);
+        self.apply_all(description)
+    }
+
+    fn loss(&mut self, probability: f64, _stall: Duration) -> Result<String> {
+        let description = self.links.loss(probability);
+        self.apply_all(description)
+    }
+
+    fn heal_network(&mut self) -> Result<()> {
+        if self.links.is_healthy() && !self.qdiscs {
+            return Ok(());
+        }
+        let description = self.links.heal();
+        self.apply_all(description).map(drop)
+    }
+
+    fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        let names: Vec<String> = self.containers().map(|c| c.name.clone()).collect();
+        for c in self.replicas.values().chain(self.task_managers.values()).filter(|c| c.state == State::Paused) {
+            let _ = docker(&["unpause", &c.name]);
+        }
+        let _ = Self::kill_names(&names);
+        std::mem::take(&mut self.delayers).into_values().for_each(|(_, _, d)| d.stop());
+        self.save_logs();
+        remove_run(&self.prefix);
+    }
+
+    fn logs(&self) -> Vec<(String, String)> {
+        let named = |prefix: &'static str| {
+            move |(n, c): (&u64, &Container)| {
+                (format!("{prefix}-{n}"), std::fs::read_to_string(&c.log).unwrap_or_default())
+            }
+        };
+        self.replicas.iter().map(named("node")).chain(self.task_managers.iter().map(named("tm"))).collect()
+    }
+}
+
+impl Drop for DockerCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `jm server` arguments of replica `id` in its container.
+pub fn server_args(id: u64, peers: &str) -> Vec<String> {
+    [
+        "server",
+        "--id",
+        &id.to_string(),
+        "--peers",
+        peers,
+        "--data-dir",
+        "/data",
+        "--checkpoint-dir",
+        "/checkpoints",
+        "--tm-heartbeat-timeout-ms",
+        "3000",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `jm taskmanager` arguments of a TaskManager at `ip`.
+pub fn task_manager_args(ip: Ipv4Addr, cluster: &str, slots: u32) -> Vec<String> {
+    [
+        "taskmanager",
+        "--cluster",
+        cluster,
+        "--listen",
+        &format!("{ip}:{TM_PORT}"),
+        "--http-listen",
+        &format!("{ip}:{TM_HTTP_PORT}"),
+        "--slots",
+        &slots.to_string(),
+        "--heartbeat-ms",
+        "200",
+        "--data-dir",
+        "/data",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Creates the run's internal network on the first free /24 of `10.213.0.0/16`, trying from a point derived from
+/// the pid (so concurrent harnesses rarely collide). Returns its name, subnet and the subnet's first three octets.
+fn create_network(prefix: &str) -> Result<(String, String, [u8; 3]), DockerError> {
+    let name = format!("{prefix}-net");
+    let start = std::process::id() as usize;
+    let mut last = String::new();
+    for k in 0..64 {
+        let octet = ((start + k * 7) % 250 + 1) as u8;
+        let subnet = format!("10.213.{octet}.0/24");
+        let result = docker(&[
+            "network",
+            "create",
+            "--internal",
+            "--driver",
+            "bridge",
+            "--subnet",
+            &subnet,
+            "--label",
+            &format!("{LABEL}=1"),
+            "--label",
+            &format!("{RUN_LABEL}={prefix}"),
+            "--label",
+            &format!("{PID_LABEL}={}", std::process::id()),
+            &name,
+        ]);
+        match result {
+            Ok(_) => return Ok((name, subnet, [10, 213, octet])),
+            Err(DockerError::Command { stderr, .. }) if stderr.contains("overlap") => last = stderr,
+            Err(e) => return Err(DockerError::Network(e.to_string())),
+        }
+    }
+    Err(DockerError::Network(format!("no free /24 in 10.213.0.0/16: {last}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_enter_the_containers_namespace() {
+        let line = nsenter_command(4242, "iptables-restore", &["-w".to_string()]);
+        assert_eq!(line, ["nsenter", "-t", "4242", "-n", "iptables-restore", "-w"]);
+    }
+
+    #[test]
+    fn replicas_listen_on_their_own_address_and_share_the_checkpoint_mount() {
+        let args = server_args(2, "1=10.213.5.11:7000/10.213.5.11:6000,2=10.213.5.12:7000/10.213.5.12:6000");
+        assert_eq!(args[..3], ["server", "--id", "2"]);
+        assert!(args.windows(2).any(|w| w == ["--data-dir", "/data"]));
+        assert!(args.windows(2).any(|w| w == ["--checkpoint-dir", "/checkpoints"]));
+        let tm = task_manager_args(Ipv4Addr::new(10, 213, 5, 101), "10.213.5.11:6000", 32);
+        assert!(tm.windows(2).any(|w| w == ["--listen", "10.213.5.101:6100"]));
+        assert!(tm.windows(2).any(|w| w == ["--http-listen", "10.213.5.101:8081"]));
+    }
+
+    #[test]
+    fn a_failed_command_says_what_ran_and_what_it_said() {
+        let error = run_command(Command::new("sh").args(["-c", "echo nope >&2; exit 3"]), None).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("sh -c") && text.contains("nope") && text.contains("exit status: 3"), "{text}");
+        let missing = run_command(&mut Command::new("no-such-tool-for-jepsen"), None).unwrap_err();
+        assert!(missing.to_string().contains("no-such-tool-for-jepsen"), "{missing}");
+    }
+
+    #[test]
+    fn stdin_reaches_the_command() {
+        let out = run_command(&mut Command::new("cat"), Some("*filter\nCOMMIT\n")).unwrap();
+        assert_eq!(out, "*filter\nCOMMIT\n");
+    }
+}
