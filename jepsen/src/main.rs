@@ -130,7 +130,7 @@ async fn real_main() -> i32 {
                 outcome = jepsen::run::run(&options) => outcome,
                 signal = interrupted() => {
                     if let Mode::Docker { prefix } = &mode {
-                        jepsen::docker::remove_run(prefix);
+                        jepsen::docker::abort_run(prefix, &dir);
                     }
                     eprintln!("error: interrupted by {signal}; the run's containers and processes are removed");
                     return 130;

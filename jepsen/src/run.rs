@@ -53,7 +53,7 @@ pub enum Mode {
     /// Processes on 127.0.0.1, replica links through the harness's proxies.
     Local,
     /// Containers on a private network; every object's name starts with `prefix` (see
-    /// [`crate::docker::run_prefix`]), which [`crate::docker::remove_run`] removes when the run is interrupted.
+    /// [`crate::docker::run_prefix`]), which [`crate::docker::abort_run`] removes when the run is interrupted.
     Docker {
         /// The run-unique name prefix.
         prefix: String,

@@ -23,6 +23,10 @@ pub const STATIC_BUILD: &str =
     "RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release --bin jm -p jobmanager \
      --target x86_64-unknown-linux-gnu --target-dir target/static";
 
+/// The target the static build is made for (`--target`, so build scripts and proc macros stay dynamic). The image
+/// is x86-64 only: [`is_static_elf`] refuses other machines.
+pub const HOST_TRIPLE: &str = "x86_64-unknown-linux-gnu";
+
 /// The static `jm`: `$JM_BIN`, else the workspace's static release build, else its static debug build.
 pub fn static_jm_binary() -> Result<PathBuf, DockerError> {
     if let Some(path) = std::env::var_os("JM_BIN") {
@@ -31,7 +35,7 @@ pub fn static_jm_binary() -> Result<PathBuf, DockerError> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     ["release", "debug"]
         .iter()
-        .map(|profile| root.join("target/static/x86_64-unknown-linux-gnu").join(profile).join("jm"))
+        .map(|profile| root.join("target/static").join(HOST_TRIPLE).join(profile).join("jm"))
         .find(|p| p.exists())
         .ok_or_else(|| DockerError::NoStaticBinary(format!("build it with `{STATIC_BUILD}` or set JM_BIN")))
 }

@@ -25,8 +25,9 @@
 //!
 //! # Invariants and caveats
 //!
-//! * Every container is removed when the run ends, fails ([`Drop`]) or is interrupted ([`remove_run`] from the
-//!   signal handler); objects of earlier runs whose harness is gone are removed at start ([`remove_stale`]).
+//! * Every container is removed when the run ends, fails ([`Drop`]) or is interrupted ([`abort_run`] from the
+//!   signal handler, which saves the logs first); objects of earlier runs whose harness is gone are removed at
+//!   start ([`remove_stale`]).
 //! * `docker start` gives a container a fresh network namespace: rules are gone. The nemesis heals the network
 //!   before it restarts anything; [`DockerCluster`] also re-applies the current state to a restarted container.
 //! * The logs are `docker logs` of each container (every incarnation, stdout and stderr), written to
@@ -179,6 +180,54 @@ pub fn preflight() -> Result<String, DockerError> {
 /// Removes every container and network of run `prefix`. Errors are ignored: this is the cleanup of last resort.
 pub fn remove_run(prefix: &str) {
     remove_labelled(&format!("{RUN_LABEL}={prefix}"), |_| true);
+}
+
+/// The log file, under the run directory, of the container named `name` in run `prefix`: `node-N/server.log` or
+/// `tm-N/taskmanager.log`.
+pub fn log_path(dir: &Path, prefix: &str, name: &str) -> Option<PathBuf> {
+    let role = name.strip_prefix(prefix)?.strip_prefix('-')?;
+    let file = if role.starts_with("node-") {
+        "server.log"
+    } else if role.starts_with("tm-") {
+        "taskmanager.log"
+    } else {
+        return None;
+    };
+    Some(dir.join(role).join(file))
+}
+
+/// Kills every container of run `prefix`, writes their `docker logs` into `dir` (as the end of a run does), and
+/// removes them and the network: what an interrupted run does before it exits.
+pub fn abort_run(prefix: &str, dir: &Path) {
+    let label = format!("label={RUN_LABEL}={prefix}");
+    let names = docker(&["ps", "-a", "--filter", &label, "--format", "{{.Names}}"]).unwrap_or_default();
+    let names: Vec<&str> = names.lines().filter(|n| !n.is_empty()).collect();
+    if !names.is_empty() {
+        let mut kill = vec!["kill", "--signal", "KILL"];
+        kill.extend(&names);
+        let _ = docker(&kill);
+    }
+    for name in names {
+        if let Some(path) = log_path(dir, prefix, name) {
+            save_log(name, &path);
+        }
+    }
+    remove_run(prefix);
+}
+
+/// Writes `docker logs NAME` (stdout and stderr, every incarnation) to `path`; leaves `path` alone when the
+/// container is gone (an earlier save stands).
+fn save_log(name: &str, path: &Path) {
+    let _ = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")));
+    let partial = path.with_extension("log.partial");
+    let Ok(file) = std::fs::File::create(&partial) else { return };
+    let Ok(copy) = file.try_clone() else { return };
+    let status = Command::new("docker").args(["logs", name]).stdout(copy).stderr(file).status();
+    if status.is_ok_and(|s| s.success()) {
+        let _ = std::fs::rename(&partial, path);
+    } else {
+        let _ = std::fs::remove_file(&partial);
+    }
 }
 
 /// Removes the containers and networks of earlier runs whose harness process is gone. Returns how many objects.
@@ -502,9 +551,7 @@ impl DockerCluster {
     /// Writes every container's `docker logs` to its log file.
     fn save_logs(&self) {
         for c in self.containers() {
-            let Ok(file) = std::fs::File::create(&c.log) else { continue };
-            let Ok(copy) = file.try_clone() else { continue };
-            let _ = Command::new("docker").args(["logs", &c.name]).stdout(copy).stderr(file).status();
+            save_log(&c.name, &c.log);
         }
     }
 
@@ -768,6 +815,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn container_logs_land_where_the_local_mode_puts_them() {
+        let dir = Path::new("/runs/r1");
+        let at = |name| log_path(dir, "jepsen-1-2", name);
+        assert_eq!(at("jepsen-1-2-node-3"), Some(dir.join("node-3/server.log")));
+        assert_eq!(at("jepsen-1-2-tm-1"), Some(dir.join("tm-1/taskmanager.log")));
+        assert_eq!(at("jepsen-1-23-node-1"), None, "another run's container");
+        assert_eq!(at("jepsen-1-2-other"), None);
+    }
+
+    #[test]
     fn commands_enter_the_containers_namespace() {
         let line = nsenter_command(4242, "iptables-restore", &["-w".to_string()]);
         assert_eq!(line, ["nsenter", "-t", "4242", "-n", "iptables-restore", "-w"]);
@@ -791,6 +848,122 @@ mod tests {
         assert!(text.contains("sh -c") && text.contains("nope") && text.contains("exit status: 3"), "{text}");
         let missing = run_command(&mut Command::new("no-such-tool-for-jepsen"), None).unwrap_err();
         assert!(missing.to_string().contains("no-such-tool-for-jepsen"), "{missing}");
+    }
+
+    /// A static x86-64 executable that loops on `pause(2)`: the smallest thing a container can run.
+    fn pause_loop_elf() -> Vec<u8> {
+        let code: [u8; 9] = [0xb8, 0x22, 0, 0, 0, 0x0f, 0x05, 0xeb, 0xf7]; // mov eax, SYS_pause; syscall; jmp
+        let total = (64 + 56 + code.len()) as u64;
+        let mut b = Vec::new();
+        b.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+        b.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        b.extend_from_slice(&62u16.to_le_bytes()); // x86-64
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&(0x40_0000u64 + 120).to_le_bytes()); // entry: the code
+        b.extend_from_slice(&64u64.to_le_bytes()); // program headers right after this header
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        for half in [64u16, 56, 1, 0, 0, 0] {
+            b.extend_from_slice(&half.to_le_bytes());
+        }
+        b.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        b.extend_from_slice(&5u32.to_le_bytes()); // R+X
+        for word in [0u64, 0x40_0000, 0x40_0000, total, total, 0x1000] {
+            b.extend_from_slice(&word.to_le_bytes());
+        }
+        b.extend_from_slice(&code);
+        b
+    }
+
+    fn container_state(name: &str) -> String {
+        docker(&["inspect", "--format", "{{.State.Status}}", name]).unwrap_or_default().trim().to_string()
+    }
+
+    fn firewall(cluster: &DockerCluster, id: u64) -> String {
+        let pid = cluster.pid(&cluster.replicas[&id].name).unwrap();
+        nsenter(pid, "iptables", &["-S".into(), "INPUT".into()], None).unwrap()
+    }
+
+    /// The real thing, on a tiny image: network, containers, kills, pauses, iptables in their namespaces, the
+    /// delayer, cleanup. Skipped (with a message) without root or a Docker daemon. Ignored by default (about 20 s):
+    /// `cargo test -p jepsen --lib -- --ignored docker::`.
+    #[test]
+    #[ignore = "needs root and Docker, about 20 s: cargo test -p jepsen --lib -- --ignored docker::"]
+    fn containers_are_faulted_through_their_namespaces_and_removed_at_the_end() {
+        if let Err(e) = preflight() {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("jepsen-docker-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("checkpoints")).unwrap();
+        let exe = dir.join("pause-loop");
+        std::fs::write(&exe, pause_loop_elf()).unwrap();
+        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let prefix = format!("{}-test", run_prefix());
+        let image = image::ensure(&exe).unwrap();
+        let (network, subnet, base) = create_network(&prefix).unwrap();
+        let mut cluster = DockerCluster {
+            prefix: prefix.clone(),
+            network,
+            image,
+            subnet,
+            replicas: BTreeMap::new(),
+            task_managers: BTreeMap::new(),
+            links: Links::new(BTreeMap::new()),
+            delay: Err("not probed".into()),
+            delayers: BTreeMap::new(),
+            qdiscs: false,
+            stopped: false,
+        };
+        for id in 1..=3u64 {
+            let data = dir.join(format!("node-{id}"));
+            std::fs::create_dir_all(&data).unwrap();
+            let ip = Ipv4Addr::new(base[0], base[1], base[2], 10 + id as u8);
+            let c = cluster.create(&format!("node-{id}"), ip, &data, &dir.join("checkpoints"), &[], "server.log");
+            cluster.replicas.insert(id, c.unwrap());
+        }
+        cluster.delay = cluster.probe_delay();
+        let method = *cluster.delay.as_ref().expect("netem or nfqueue");
+        cluster.links =
+            Links::new(cluster.replicas.iter().map(|(id, c)| (*id, c.ip)).collect()).with_delay_method(method);
+        let ip = |id: u64| cluster.replicas[&id].ip;
+        let (ip1, ip2) = (ip(1), ip(2));
+
+        assert_eq!(cluster.one_way(1, 2).unwrap(), "one-way 1->2");
+        assert!(firewall(&cluster, 2).contains(&format!("-A INPUT -s {ip1}/32 -j DROP")), "{}", firewall(&cluster, 2));
+        assert!(!firewall(&cluster, 1).contains("DROP"));
+        assert!(
+            cluster.isolate(2).unwrap() == "isolate 2"
+                && firewall(&cluster, 1).contains(&format!("-s {ip2}/32 -j DROP"))
+        );
+        cluster.loss(0.2, Duration::ZERO).unwrap();
+        assert!(firewall(&cluster, 3).contains("--probability 0.2"), "{}", firewall(&cluster, 3));
+        cluster.delay(Duration::from_millis(5), Duration::from_millis(5)).unwrap();
+        if method == DelayMethod::Nfqueue {
+            assert!(firewall(&cluster, 3).contains("NFQUEUE"), "{}", firewall(&cluster, 3));
+            assert_eq!(cluster.delayers.len(), 3, "one delayer per replica namespace");
+        }
+        cluster.heal_network().unwrap();
+        assert!((1..=3).all(|id| !firewall(&cluster, id).contains("-A INPUT")));
+        assert!(cluster.delayers.is_empty(), "the heal stops the delayers");
+
+        cluster.kill(1).unwrap();
+        cluster.pause(2).unwrap();
+        assert_eq!(container_state(&cluster.replicas[&1].name), "exited");
+        assert_eq!(container_state(&cluster.replicas[&2].name), "paused");
+        cluster.heal_processes().unwrap();
+        assert!((1..=3).all(|id| container_state(&cluster.replicas[&id].name) == "running"));
+        cluster.kill_all().unwrap();
+        assert!((1..=3).all(|id| container_state(&cluster.replicas[&id].name) == "exited"));
+        cluster.heal_processes().unwrap();
+        assert!((1..=3).all(|id| container_state(&cluster.replicas[&id].name) == "running"));
+
+        drop(cluster);
+        let left = docker(&["ps", "-aq", "--filter", &format!("label={RUN_LABEL}={prefix}")]).unwrap();
+        assert!(left.trim().is_empty(), "containers left: {left}");
+        let left = docker(&["network", "ls", "-q", "--filter", &format!("label={RUN_LABEL}={prefix}")]).unwrap();
+        assert!(left.trim().is_empty(), "networks left: {left}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
