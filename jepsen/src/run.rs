@@ -446,7 +446,6 @@ async fn run_nemesis(
         let leader = leader(&clients, &apis).await;
         let target = leader.unwrap_or(ids[0]);
         let hold = options.schedule.hold(&mut rng);
-        let split_rng = StdRng::seed_from_u64(rng.gen());
         let applied: Result<String> = match fault {
             Fault::KillLeader | Fault::KillRandom => {
                 let victim = if fault == Fault::KillLeader { target } else { ids[rng.gen_range(0..ids.len())] };
@@ -456,8 +455,14 @@ async fn run_nemesis(
                 on(&cluster, move |d| d.pause(target)).await.map(|()| format!("pause-leader {target}"))
             }
             Fault::PartitionLeader => on(&cluster, move |d| d.isolate(target)).await,
-            Fault::PartitionHalves => on(&cluster, move |d| d.majority_minority(&mut { split_rng })).await,
-            Fault::PartitionRing => on(&cluster, move |d| d.ring(&mut { split_rng })).await,
+            Fault::PartitionHalves => {
+                let mut split = StdRng::seed_from_u64(rng.gen());
+                on(&cluster, move |d| d.majority_minority(&mut split)).await
+            }
+            Fault::PartitionRing => {
+                let mut split = StdRng::seed_from_u64(rng.gen());
+                on(&cluster, move |d| d.ring(&mut split)).await
+            }
             Fault::PartitionOneWay => {
                 let other = *ids.iter().find(|id| **id != target).unwrap_or(&target);
                 on(&cluster, move |d| d.one_way(target, other)).await

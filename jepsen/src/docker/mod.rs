@@ -325,6 +325,9 @@ impl DockerCluster {
     /// Builds (or reuses) the image of `jm`, creates the network, starts the replicas and TaskManagers, and probes
     /// what the kernel supports. On error everything created so far is removed.
     pub fn start(dir: &Path, options: &DockerOptions, jm: &Path) -> Result<Self> {
+        if options.replicas > 89 || options.task_managers > 150 {
+            bail!("the docker mode addresses at most 89 replicas and 150 TaskManagers on its /24");
+        }
         let removed = remove_stale();
         if removed > 0 {
             eprintln!("jepsen: removed {removed} container(s)/network(s) left by earlier runs");
