@@ -316,16 +316,24 @@ impl Queue {
                 return;
             }
             let wait = held.peek().map_or(Duration::from_millis(20), |r| r.0 .0.saturating_duration_since(now));
-            match self.receive(&mut buf, wait.min(Duration::from_millis(20))) {
-                Ok(Some(n)) => {
-                    let arrived = Instant::now();
-                    for id in parse(&buf[..n]).packets {
-                        let extra = if jitter_us == 0 { 0 } else { rng.gen_range(0..=jitter_us) };
-                        held.push(std::cmp::Reverse((arrived + base + Duration::from_micros(extra), id)));
+            // Wait for the first notification, then drain what is already there (one packet per datagram).
+            let mut timeout = wait.min(Duration::from_millis(20));
+            for _ in 0..256 {
+                match self.receive(&mut buf, timeout) {
+                    Ok(Some(n)) => {
+                        let arrived = Instant::now();
+                        for id in parse(&buf[..n]).packets {
+                            let extra = if jitter_us == 0 { 0 } else { rng.gen_range(0..=jitter_us) };
+                            held.push(std::cmp::Reverse((arrived + base + Duration::from_micros(extra), id)));
+                        }
+                        timeout = Duration::ZERO;
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        break;
                     }
                 }
-                Ok(None) => {}
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         }
     }
