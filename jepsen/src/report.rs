@@ -210,14 +210,17 @@ pub fn availability(history: &[Op], windows: &[Window]) -> serde_json::Value {
 /// below acknowledged writes per second; fault windows shaded in both, and per fault a marker at its first
 /// acknowledged write, labelled with the fault and the time it took ("no ack" if none came).
 fn plot_availability(path: &Path, history: &[Op], windows: &[Window]) -> Result<()> {
-    let max_s = history.last().map_or(1.0, |o| o.time_ns as f64 / 1e9).max(1.0);
+    // The final reads after the heal can take long and say nothing about availability: end 10 s after the heal.
+    let end_s = history.last().map_or(1.0, |o| o.time_ns as f64 / 1e9);
+    let heal_s = windows.iter().filter(|w| w.fault == "heal").map(|w| w.end_s + 10.0).fold(f64::INFINITY, f64::min);
+    let max_s = end_s.min(heal_s).max(1.0);
     let timeline = leadership(history);
     let stretches = stretches_of(&timeline, Leadership::None);
     let unobserved = stretches_of(&timeline, Leadership::Unobserved);
     let acked = acked_writes(history);
     let seconds = max_s.ceil() as usize + 1;
     let mut per_second = vec![0u32; seconds];
-    for t in &acked {
+    for t in acked.iter().filter(|t| **t <= max_s) {
         per_second[(*t as usize).min(seconds - 1)] += 1;
     }
     // The top 45% of the rate panel holds the fault labels.
@@ -368,7 +371,8 @@ mod tests {
     }
 
     /// 20 s: a leader except from 5 s to 7 s; writes acknowledged every 100 ms except from 5 s to 7.5 s and after
-    /// 19 s; faults `kill-leader 1` (5–8 s), `partition-ring` (12–14 s) and `restart-all` (19.5–20 s).
+    /// 19 s; faults `kill-leader 1` (5–8 s), `partition-ring` (12–14 s) and `restart-all` (19.5–20 s); the heal at
+    /// 20.1 s and a final read until 90 s.
     fn synthetic() -> Vec<Op> {
         let mut events = Vec::new();
         for n in 0..80 {
@@ -386,9 +390,15 @@ mod tests {
             events.push((process, OpType::Invoke, "write", Some("r0"), json!(n), at));
             events.push((process, OpType::Ok, "write", Some("r0"), json!(n), at + 0.05));
         }
-        for (fault, start, stop) in
-            [("kill-leader 1", 5.0, 8.0), ("partition-ring", 12.0, 14.0), ("restart-all", 19.5, 20.0)]
-        {
+        // The final reads end long after the heal; the plot ends 10 s after it.
+        events.push((9, OpType::Invoke, "read-jobs", None, json!(null), 20.2));
+        events.push((9, OpType::Ok, "read-jobs", None, json!({"jobs": []}), 90.0));
+        for (fault, start, stop) in [
+            ("kill-leader 1", 5.0, 8.0),
+            ("partition-ring", 12.0, 14.0),
+            ("restart-all", 19.5, 20.0),
+            ("heal", 20.1, 20.1),
+        ] {
             events.push((0, OpType::Invoke, "nemesis", Some(fault), json!("start"), start));
             events.push((0, OpType::Invoke, "nemesis", Some(fault), json!("stop"), stop));
         }
@@ -445,7 +455,7 @@ mod tests {
     fn the_availability_plot_shows_leaderless_time_write_rate_faults_and_recovery_labels() {
         let history = synthetic();
         let windows = windows(&history);
-        assert_eq!(windows.len(), 3);
+        assert_eq!(windows.len(), 4);
         let dir = std::env::temp_dir().join(format!("jepsen-report-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         write(&dir, &history, &[]).unwrap();
@@ -473,12 +483,12 @@ mod tests {
             })
             .collect();
         assert!(polylines.contains(&6), "no leader step line: {polylines:?}");
-        assert!(polylines.iter().any(|points| (19..=25).contains(points)), "no write rate line: {polylines:?}");
-        // Fault windows (3 in each panel) and the leaderless stretch (once in each panel) are shaded; the labels
+        assert!(polylines.iter().any(|points| (29..=33).contains(points)), "no write rate line to 30 s: {polylines:?}");
+        // Fault windows (4 in each panel) and the leaderless stretch (once in each panel) are shaded; the labels
         // are written upwards.
-        assert_eq!(svg.matches("rotate(270").count(), 3 + 1, "3 labels and the y axis description: {svg}");
-        assert!(svg.matches("<rect").count() >= 3 * 2 + 2, "{svg}");
+        assert_eq!(svg.matches("rotate(270").count(), 4 + 1, "4 labels and the y axis description: {svg}");
+        assert!(svg.matches("<rect").count() >= 4 * 2 + 2, "{svg}");
         // Red triangle markers: two per fault.
-        assert!(svg.matches("<polygon").count() >= 6, "{svg}");
+        assert!(svg.matches("<polygon").count() >= 8, "{svg}");
     }
 }
