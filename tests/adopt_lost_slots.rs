@@ -106,12 +106,7 @@ async fn job(client: &ClusterClient, job_id: &str) -> Option<pb::Job> {
 
 async fn leases(client: &ClusterClient) -> Vec<pb::SlotLease> {
     let request = pb::ListSlotLeasesRequest { consistency: 0 };
-    let reply = client
-        .call(|mut c| {
-            let request = request.clone();
-            async move { c.list_slot_leases(request).await }
-        })
-        .await;
+    let reply = client.call(|mut c| async move { c.list_slot_leases(request).await }).await;
     reply.map(|r| r.leases).unwrap_or_default()
 }
 
@@ -157,12 +152,7 @@ async fn running_on(http: &str) -> (Vec<(String, u64, u64)>, u64) {
 /// Whether the TaskManager id is registered, as the cluster sees it.
 async fn registered(client: &ClusterClient, tm_id: &str) -> bool {
     let request = pb::ListTaskManagersRequest::default();
-    let reply = client
-        .call(|mut c| {
-            let request = request.clone();
-            async move { c.list_task_managers(request).await }
-        })
-        .await;
+    let reply = client.call(|mut c| async move { c.list_task_managers(request).await }).await;
     reply.is_ok_and(|r| r.task_managers.iter().any(|tm| tm.tm_id == tm_id))
 }
 

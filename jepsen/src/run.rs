@@ -102,8 +102,13 @@ pub async fn run(options: &RunOptions) -> Result<Outcome> {
         };
         tasks.spawn(client_loop(ctx, options.seed.wrapping_add(n as u64)));
     }
+    // The TaskManagers' HTTP addresses, shared: churn adds the ones that join, and the observers pick them up.
     let tm_http: Vec<String> = lock(&cluster).task_managers.values().map(|(_, http)| http.clone()).collect();
+    let tm_http = Arc::new(Mutex::new(tm_http));
     tasks.spawn(observe(recorder.clone(), clients.clone(), apis.clone(), tm_http.clone(), stop.clone()));
+    for (id, addr) in &apis {
+        tasks.spawn(observe_status(recorder.clone(), clients.clone(), *id, addr.clone(), stop.clone()));
+    }
     let net = Arc::new(Mutex::new(net));
     let nemesis = tokio::spawn(run_nemesis(
         options.clone(),
@@ -112,6 +117,7 @@ pub async fn run(options: &RunOptions) -> Result<Outcome> {
         clients.clone(),
         recorder.clone(),
         stop.clone(),
+        tm_http.clone(),
     ));
 
     tokio::time::sleep(options.time).await;
@@ -126,6 +132,7 @@ pub async fn run(options: &RunOptions) -> Result<Outcome> {
     recorder.nemesis("stop", "heal");
     tokio::time::sleep(Duration::from_secs(3)).await;
     wait_for_leader(&clients, &apis, Duration::from_secs(30)).await;
+    let tm_http = lock(&tm_http).clone();
     final_reads(&recorder, &clients, &apis, &setup, &tm_http).await;
     lock(&cluster).stop();
     let logs = lock(&cluster).logs();
@@ -258,26 +265,35 @@ async fn client_loop(ctx: ClientCtx, seed: u64) {
     }
 }
 
-/// Observers: every replica's view of itself, the slot leases, and what each TaskManager runs.
+/// A replica's view of itself, about four times a second, in a loop of its own: a replica that does not answer
+/// (or a lease read forwarded to a dead leader) does not hold up the samples of the others, which the leader
+/// checker and the availability figures are built from.
+async fn observe_status(recorder: Recorder, clients: Arc<Clients>, id: u64, addr: String, stop: Arc<AtomicBool>) {
+    let process = recorder.new_process();
+    while !stop.load(Ordering::Relaxed) {
+        let op = w::status(clients.client(&addr), id);
+        w::record(&recorder, process, "status", None, Value::Null, Some(id), op).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Observers: the slot leases, and what each TaskManager runs.
 async fn observe(
     recorder: Recorder,
     clients: Arc<Clients>,
     apis: BTreeMap<u64, String>,
-    tm_http: Vec<String>,
+    tm_http: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 ) {
     let process = recorder.new_process();
     let mut round = 0usize;
     while !stop.load(Ordering::Relaxed) {
-        for (id, addr) in &apis {
-            let op = w::status(clients.client(addr), *id);
-            w::record(&recorder, process, "status", None, Value::Null, Some(*id), op).await;
-        }
         let ids: Vec<&u64> = apis.keys().collect();
         let node = *ids[round % ids.len()];
         let op = w::read_leases(clients.client(&apis[&node]));
         w::record(&recorder, process, "read-leases", None, Value::Null, Some(node), op).await;
-        for http in &tm_http {
+        let tms = lock(&tm_http).clone();
+        for http in &tms {
             let op = w::tm_deployments(http);
             w::record(&recorder, process, "tm-deployments", Some(http.clone()), Value::Null, None, op).await;
         }
@@ -359,6 +375,7 @@ async fn run_nemesis(
     clients: Arc<Clients>,
     recorder: Recorder,
     stop: Arc<AtomicBool>,
+    tm_http: Arc<Mutex<Vec<String>>>,
 ) {
     let mut rng = StdRng::seed_from_u64(options.seed ^ 0x006e_656d_6573_6973);
     let apis = lock(&cluster).api_addrs();
@@ -402,18 +419,22 @@ async fn run_nemesis(
                 "restart-all".to_string()
             }
             Fault::KillTaskManager => {
-                let numbers: Vec<u64> = lock(&cluster).task_managers.keys().copied().collect();
+                let numbers: Vec<u64> = lock(&cluster).present_task_managers();
                 let victim = numbers[rng.gen_range(0..numbers.len())];
                 if let Some((p, _)) = lock(&cluster).task_managers.get_mut(&victim) {
                     p.kill();
                 }
                 format!("kill-taskmanager {victim}")
             }
+            Fault::ChurnTaskManagers => churn_task_managers(&cluster, &tm_http, &mut rng),
         };
         recorder.nemesis("start", &description);
         tracing::info!(fault = %description, "nemesis");
         let hold = if fault == Fault::PauseLeader { hold.max(PAST_LEASE) } else { hold };
         let stopped = sleep_unless_stopped(hold, &stop).await;
+        for n in lock(&cluster).reap_departed() {
+            eprintln!("jepsen: TaskManager {n} did not exit within the hold after SIGTERM; SIGKILLed");
+        }
         lock(&net).heal();
         if let Err(e) = lock(&cluster).heal_processes() {
             tracing::warn!(error = %e, "could not restart a process");
@@ -422,6 +443,38 @@ async fn run_nemesis(
         if stopped {
             return;
         }
+    }
+}
+
+/// One step of TaskManager churn (see [`nemesis::churn`]); its description for the history.
+fn churn_task_managers(cluster: &Mutex<LocalCluster>, tm_http: &Mutex<Vec<String>>, rng: &mut StdRng) -> String {
+    let mut cluster = lock(cluster);
+    let present = cluster.present_task_managers();
+    let departed: Vec<u64> = cluster.departed.iter().copied().collect();
+    let started = cluster.task_managers.len();
+    match nemesis::churn(&present, &departed, started, rng) {
+        Some(nemesis::Churn::Leave { number, graceful }) => {
+            cluster.leave(number, graceful);
+            let how = if graceful { "sigterm" } else { "sigkill" };
+            format!("churn-taskmanagers leave {number} {how}")
+        }
+        Some(nemesis::Churn::Join) => match cluster.add_task_manager() {
+            Ok((number, http)) => {
+                lock(tm_http).push(http);
+                format!("churn-taskmanagers join {number}")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start a new TaskManager");
+                "churn-taskmanagers join failed".to_string()
+            }
+        },
+        Some(nemesis::Churn::Return { number }) => {
+            if let Err(e) = cluster.come_back(number) {
+                tracing::warn!(task_manager = number, error = %e, "could not bring a TaskManager back");
+            }
+            format!("churn-taskmanagers return {number}")
+        }
+        None => "churn-taskmanagers none".to_string(),
     }
 }
 
