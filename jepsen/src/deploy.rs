@@ -5,8 +5,12 @@
 //! Processes are stopped the way faults stop them: SIGKILL (no flush, no goodbye), SIGSTOP/SIGCONT for pauses.
 //! A killed process is restarted on the same data dir with the same arguments. Everything left running is killed
 //! when the [`LocalCluster`] is dropped.
+//!
+//! TaskManagers also come and go as a workload (the `churn-taskmanagers` fault): one leaves, by SIGTERM (its
+//! graceful shutdown) or SIGKILL, and stays away ([`LocalCluster::departed`]) across heals until it is brought back
+//! on its data dir (same id, same ports); a new one joins with a fresh data dir (a fresh id) and fresh ports.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -92,6 +96,24 @@ impl Proc {
         self.paused = false;
     }
 
+    /// SIGTERM (a graceful shutdown), without waiting; [`Proc::reap`] collects the exit.
+    pub fn terminate(&mut self) {
+        self.resume();
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Whether it exited (then it is reaped and counts as stopped).
+    pub fn reap(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) | Some(Err(_)) => {
+                self.child = None;
+                true
+            }
+            Some(Ok(None)) => false,
+            None => true,
+        }
+    }
+
     /// SIGSTOP.
     pub fn pause(&mut self) {
         if self.child.is_some() && !self.paused {
@@ -150,6 +172,10 @@ pub struct LocalCluster {
     pub replicas: BTreeMap<u64, Proc>,
     /// The TaskManagers, by number, with their HTTP (metrics/overview) address.
     pub task_managers: BTreeMap<u64, (Proc, String)>,
+    /// TaskManagers that left (churn): not restarted by [`LocalCluster::heal_processes`] until they come back.
+    pub departed: BTreeSet<u64>,
+    /// Slots per TaskManager, for the ones that join later.
+    slots: u32,
 }
 
 impl LocalCluster {
@@ -201,32 +227,87 @@ impl LocalCluster {
             proc.start(&exe)?;
             replicas.insert(a.id, proc);
         }
-        let cluster: Vec<String> = addrs.values().map(|a| a.api.clone()).collect();
-        let mut task_managers = BTreeMap::new();
-        for n in 1..=options.task_managers {
-            let data = dir.join(format!("tm-{n}"));
-            std::fs::create_dir_all(&data)?;
-            let http = format!("127.0.0.1:{}", free_port()?);
-            let args = vec![
-                "taskmanager".to_string(),
-                "--cluster".into(),
-                cluster.join(","),
-                "--listen".into(),
-                format!("127.0.0.1:{}", free_port()?),
-                "--http-listen".into(),
-                http.clone(),
-                "--slots".into(),
-                options.slots.to_string(),
-                "--heartbeat-ms".into(),
-                "200".into(),
-                "--data-dir".into(),
-                data.display().to_string(),
-            ];
-            let mut proc = Proc { id: n, args, log: data.join("taskmanager.log"), child: None, paused: false };
-            proc.start(&exe)?;
-            task_managers.insert(n, (proc, http));
+        let mut cluster = Self {
+            exe,
+            dir: dir.to_path_buf(),
+            addrs,
+            replicas,
+            task_managers: BTreeMap::new(),
+            departed: BTreeSet::new(),
+            slots: options.slots,
+        };
+        for _ in 0..options.task_managers {
+            cluster.add_task_manager()?;
         }
-        Ok(Self { exe, dir: dir.to_path_buf(), addrs, replicas, task_managers })
+        Ok(cluster)
+    }
+
+    /// Starts a new TaskManager: the next number, a fresh data dir (so a fresh id) and fresh ports. Returns its
+    /// number and HTTP address.
+    pub fn add_task_manager(&mut self) -> Result<(u64, String)> {
+        let n = self.task_managers.keys().next_back().map_or(1, |last| last + 1);
+        let data = self.dir.join(format!("tm-{n}"));
+        std::fs::create_dir_all(&data)?;
+        let cluster: Vec<String> = self.addrs.values().map(|a| a.api.clone()).collect();
+        let http = format!("127.0.0.1:{}", free_port()?);
+        let args = vec![
+            "taskmanager".to_string(),
+            "--cluster".into(),
+            cluster.join(","),
+            "--listen".into(),
+            format!("127.0.0.1:{}", free_port()?),
+            "--http-listen".into(),
+            http.clone(),
+            "--slots".into(),
+            self.slots.to_string(),
+            "--heartbeat-ms".into(),
+            "200".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ];
+        let mut proc = Proc { id: n, args, log: data.join("taskmanager.log"), child: None, paused: false };
+        proc.start(&self.exe)?;
+        self.task_managers.insert(n, (proc, http.clone()));
+        Ok((n, http))
+    }
+
+    /// TaskManager `n` leaves: SIGTERM (graceful; reap it with [`LocalCluster::reap_departed`]) or SIGKILL. It
+    /// stays away until [`LocalCluster::come_back`].
+    pub fn leave(&mut self, n: u64, graceful: bool) {
+        if let Some((p, _)) = self.task_managers.get_mut(&n) {
+            if graceful {
+                p.terminate();
+            } else {
+                p.kill();
+            }
+            self.departed.insert(n);
+        }
+    }
+
+    /// Reaps departed TaskManagers that exited; SIGKILLs those still running. Returns the ones that had to be killed.
+    pub fn reap_departed(&mut self) -> Vec<u64> {
+        let mut killed = Vec::new();
+        for n in &self.departed {
+            if let Some((p, _)) = self.task_managers.get_mut(n) {
+                if !p.reap() {
+                    p.kill();
+                    killed.push(*n);
+                }
+            }
+        }
+        killed
+    }
+
+    /// A departed TaskManager comes back, on its data dir (same id) and ports.
+    pub fn come_back(&mut self, n: u64) -> Result<()> {
+        self.reap_departed();
+        self.departed.remove(&n);
+        self.restart_task_manager(n)
+    }
+
+    /// Numbers of the TaskManagers that have not left.
+    pub fn present_task_managers(&self) -> Vec<u64> {
+        self.task_managers.keys().copied().filter(|n| !self.departed.contains(n)).collect()
     }
 
     /// Client API addresses, by replica id.
@@ -261,8 +342,7 @@ impl LocalCluster {
         for id in ids {
             self.restart(id)?;
         }
-        let tms: Vec<u64> = self.task_managers.keys().copied().collect();
-        for n in tms {
+        for n in self.present_task_managers() {
             self.restart_task_manager(n)?;
         }
         Ok(())

@@ -51,6 +51,33 @@ pub trait Deployment: Send {
     /// Resume what is paused, restart what was killed.
     fn heal_processes(&mut self) -> Result<()>;
 
+    /// TaskManagers taking part now (started and not departed by churn).
+    fn present_task_managers(&self) -> Vec<u64> {
+        self.task_manager_http().into_keys().collect()
+    }
+    /// TaskManagers that left by churn and stay away across heals.
+    fn departed_task_managers(&self) -> Vec<u64> {
+        Vec::new()
+    }
+    /// Churn: TaskManager `n` leaves, by SIGTERM (its graceful shutdown) if `graceful`, else SIGKILL.
+    fn leave_task_manager(&mut self, n: u64, graceful: bool) -> Result<()> {
+        let _ = (n, graceful);
+        anyhow::bail!("TaskManager churn is not supported in {} mode", self.mode())
+    }
+    /// Churn: a new TaskManager (fresh id, fresh ports) joins; its number and HTTP address.
+    fn add_task_manager(&mut self) -> Result<(u64, String)> {
+        anyhow::bail!("TaskManager churn is not supported in {} mode", self.mode())
+    }
+    /// Churn: departed TaskManager `n` comes back on its data dir.
+    fn return_task_manager(&mut self, n: u64) -> Result<()> {
+        let _ = n;
+        anyhow::bail!("TaskManager churn is not supported in {} mode", self.mode())
+    }
+    /// SIGKILLs departed TaskManagers still running (a SIGTERM not obeyed within the hold); their numbers.
+    fn reap_departed(&mut self) -> Vec<u64> {
+        Vec::new()
+    }
+
     /// Cut `id` off from every other replica.
     fn isolate(&mut self, id: u64) -> Result<String>;
     /// A random majority and minority.
@@ -129,6 +156,31 @@ impl Deployment for LocalDeployment {
 
     fn heal_processes(&mut self) -> Result<()> {
         self.cluster.heal_processes()
+    }
+
+    fn present_task_managers(&self) -> Vec<u64> {
+        self.cluster.present_task_managers()
+    }
+
+    fn departed_task_managers(&self) -> Vec<u64> {
+        self.cluster.departed.iter().copied().collect()
+    }
+
+    fn leave_task_manager(&mut self, n: u64, graceful: bool) -> Result<()> {
+        self.cluster.leave(n, graceful);
+        Ok(())
+    }
+
+    fn add_task_manager(&mut self) -> Result<(u64, String)> {
+        self.cluster.add_task_manager()
+    }
+
+    fn return_task_manager(&mut self, n: u64) -> Result<()> {
+        self.cluster.come_back(n)
+    }
+
+    fn reap_departed(&mut self) -> Vec<u64> {
+        self.cluster.reap_departed()
     }
 
     fn isolate(&mut self, id: u64) -> Result<String> {

@@ -41,7 +41,7 @@ enum Command {
         task_managers: u64,
         /// Faults: `all`, `smoke`, `none`, or a comma-separated list (kill-leader, kill-random, pause-leader,
         /// partition-leader, partition-halves, partition-ring, partition-one-way, delay, loss, restart-all,
-        /// kill-taskmanager).
+        /// kill-taskmanager, churn-taskmanagers).
         #[arg(long, default_value = "smoke")]
         nemesis: String,
         /// Seconds of quiet between faults (randomized ±50%).

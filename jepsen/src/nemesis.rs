@@ -36,11 +36,13 @@ pub enum Fault {
     RestartAll,
     /// SIGKILL a TaskManager, restart it after a while.
     KillTaskManager,
+    /// TaskManagers join and leave (see [`churn`]): slot leases move between them.
+    ChurnTaskManagers,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 11] = [
+    pub const ALL: [Fault; 12] = [
         Fault::KillLeader,
         Fault::KillRandom,
         Fault::PauseLeader,
@@ -52,6 +54,7 @@ impl Fault {
         Fault::Loss,
         Fault::RestartAll,
         Fault::KillTaskManager,
+        Fault::ChurnTaskManagers,
     ];
 
     /// The bounded CI run's set: leader kills and partitions.
@@ -72,6 +75,7 @@ impl Fault {
             Fault::Loss => "loss",
             Fault::RestartAll => "restart-all",
             Fault::KillTaskManager => "kill-taskmanager",
+            Fault::ChurnTaskManagers => "churn-taskmanagers",
         }
     }
 }
@@ -128,9 +132,105 @@ pub fn pick(faults: &[Fault], rng: &mut impl Rng) -> Option<Fault> {
     faults.choose(rng).copied()
 }
 
+/// One step of TaskManager churn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Churn {
+    /// TaskManager `number` leaves: by SIGTERM (its graceful shutdown) if `graceful`, else by SIGKILL. It stays
+    /// away across heals until a [`Churn::Return`].
+    Leave {
+        /// The TaskManager.
+        number: u64,
+        /// SIGTERM rather than SIGKILL.
+        graceful: bool,
+    },
+    /// A new TaskManager joins: a fresh data dir (so a fresh id) and fresh ports.
+    Join,
+    /// A TaskManager that left comes back on its data dir (its old id).
+    Return {
+        /// The TaskManager.
+        number: u64,
+    },
+}
+
+/// Churn never leaves fewer TaskManagers than this present (jobs need somewhere to run).
+pub const CHURN_MIN_PRESENT: usize = 1;
+/// Churn never has more TaskManagers than this present at once.
+pub const CHURN_MAX_PRESENT: usize = 4;
+/// Churn starts at most this many TaskManagers in a run, counting the initial ones (each is a process and a log).
+pub const CHURN_MAX_STARTED: usize = 10;
+
+/// Picks the next churn step, given the TaskManagers present, those that left, and how many were ever started:
+/// uniformly among the kinds of step the bounds allow (leave, join, come back), then uniformly among the
+/// candidates. `None` if no step is allowed.
+pub fn churn(present: &[u64], departed: &[u64], started: usize, rng: &mut impl Rng) -> Option<Churn> {
+    let mut kinds = Vec::new();
+    if present.len() > CHURN_MIN_PRESENT {
+        kinds.push(0);
+    }
+    if present.len() < CHURN_MAX_PRESENT && started < CHURN_MAX_STARTED {
+        kinds.push(1);
+    }
+    if present.len() < CHURN_MAX_PRESENT && !departed.is_empty() {
+        kinds.push(2);
+    }
+    match kinds.choose(rng)? {
+        0 => Some(Churn::Leave { number: *present.choose(rng)?, graceful: rng.gen_bool(0.5) }),
+        1 => Some(Churn::Join),
+        _ => Some(Churn::Return { number: *departed.choose(rng)? }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    #[test]
+    fn churn_stays_within_its_bounds_and_takes_every_kind_of_step() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let (mut present, mut departed, mut started): (Vec<u64>, Vec<u64>, usize) = (vec![1, 2], vec![], 2);
+        let (mut graceful, mut abrupt, mut joins, mut returns) = (0, 0, 0, 0);
+        for _ in 0..400 {
+            match churn(&present, &departed, started, &mut rng).expect("some step is always allowed") {
+                Churn::Leave { number, graceful: g } => {
+                    assert!(present.contains(&number), "only a present TaskManager leaves");
+                    present.retain(|n| *n != number);
+                    departed.push(number);
+                    if g {
+                        graceful += 1;
+                    } else {
+                        abrupt += 1;
+                    }
+                }
+                Churn::Join => {
+                    started += 1;
+                    present.push(started as u64);
+                    joins += 1;
+                }
+                Churn::Return { number } => {
+                    assert!(departed.contains(&number), "only a departed TaskManager comes back");
+                    departed.retain(|n| *n != number);
+                    present.push(number);
+                    returns += 1;
+                }
+            }
+            assert!((CHURN_MIN_PRESENT..=CHURN_MAX_PRESENT).contains(&present.len()), "{present:?}");
+            assert!(started <= CHURN_MAX_STARTED);
+        }
+        assert!(graceful > 0 && abrupt > 0 && returns > 0, "{graceful} {abrupt} {returns}");
+        assert_eq!(joins, CHURN_MAX_STARTED - 2, "joins until the cap");
+    }
+
+    #[test]
+    fn the_last_task_manager_never_leaves() {
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..50 {
+            let step = churn(&[3], &[1, 2], CHURN_MAX_STARTED, &mut rng);
+            assert!(matches!(step, Some(Churn::Return { .. })), "{step:?}");
+        }
+        assert_eq!(churn(&[3], &[], CHURN_MAX_STARTED, &mut rng), None);
+    }
 
     #[test]
     fn fault_lists_parse_and_unknown_names_are_refused_with_the_known_ones() {

@@ -185,10 +185,21 @@ pub async fn run(options: &RunOptions) -> Result<Outcome> {
         };
         tasks.spawn(client_loop(ctx, options.seed.wrapping_add(n as u64)));
     }
+    // The TaskManagers' HTTP addresses, shared: churn adds the ones that join, and the observers pick them up.
     let tm_http: Vec<String> = lock(&cluster).task_manager_http().into_values().collect();
+    let tm_http = Arc::new(Mutex::new(tm_http));
     tasks.spawn(observe(recorder.clone(), clients.clone(), apis.clone(), tm_http.clone(), stop.clone()));
-    let nemesis =
-        tokio::spawn(run_nemesis(options.clone(), cluster.clone(), clients.clone(), recorder.clone(), stop.clone()));
+    for (id, addr) in &apis {
+        tasks.spawn(observe_status(recorder.clone(), clients.clone(), *id, addr.clone(), stop.clone()));
+    }
+    let nemesis = tokio::spawn(run_nemesis(
+        options.clone(),
+        cluster.clone(),
+        clients.clone(),
+        recorder.clone(),
+        stop.clone(),
+        tm_http.clone(),
+    ));
 
     tokio::time::sleep(options.time).await;
     stop.store(true, Ordering::Relaxed);
@@ -201,6 +212,7 @@ pub async fn run(options: &RunOptions) -> Result<Outcome> {
     recorder.nemesis("stop", "heal");
     tokio::time::sleep(Duration::from_secs(3)).await;
     wait_for_leader(&clients, &apis, Duration::from_secs(30)).await;
+    let tm_http = lock(&tm_http).clone();
     final_reads(&recorder, &clients, &apis, &setup, &tm_http).await;
     on(&cluster, |d| d.stop()).await;
     let logs = lock(&cluster).logs();
@@ -333,26 +345,35 @@ async fn client_loop(ctx: ClientCtx, seed: u64) {
     }
 }
 
-/// Observers: every replica's view of itself, the slot leases, and what each TaskManager runs.
+/// A replica's view of itself, about four times a second, in a loop of its own: a replica that does not answer
+/// (or a lease read forwarded to a dead leader) does not hold up the samples of the others, which the leader
+/// checker and the availability figures are built from.
+async fn observe_status(recorder: Recorder, clients: Arc<Clients>, id: u64, addr: String, stop: Arc<AtomicBool>) {
+    let process = recorder.new_process();
+    while !stop.load(Ordering::Relaxed) {
+        let op = w::status(clients.client(&addr), id);
+        w::record(&recorder, process, "status", None, Value::Null, Some(id), op).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Observers: the slot leases, and what each TaskManager runs.
 async fn observe(
     recorder: Recorder,
     clients: Arc<Clients>,
     apis: BTreeMap<u64, String>,
-    tm_http: Vec<String>,
+    tm_http: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 ) {
     let process = recorder.new_process();
     let mut round = 0usize;
     while !stop.load(Ordering::Relaxed) {
-        for (id, addr) in &apis {
-            let op = w::status(clients.client(addr), *id);
-            w::record(&recorder, process, "status", None, Value::Null, Some(*id), op).await;
-        }
         let ids: Vec<&u64> = apis.keys().collect();
         let node = *ids[round % ids.len()];
         let op = w::read_leases(clients.client(&apis[&node]));
         w::record(&recorder, process, "read-leases", None, Value::Null, Some(node), op).await;
-        for http in &tm_http {
+        let tms = lock(&tm_http).clone();
+        for http in &tms {
             let op = w::tm_deployments(http);
             w::record(&recorder, process, "tm-deployments", Some(http.clone()), Value::Null, None, op).await;
         }
@@ -433,6 +454,7 @@ async fn run_nemesis(
     clients: Arc<Clients>,
     recorder: Recorder,
     stop: Arc<AtomicBool>,
+    tm_http: Arc<Mutex<Vec<String>>>,
 ) {
     let mut rng = StdRng::seed_from_u64(options.seed ^ 0x006e_656d_6573_6973);
     let apis = lock(&cluster).api_addrs();
@@ -471,13 +493,14 @@ async fn run_nemesis(
             Fault::Loss => on(&cluster, |d| d.loss(0.2, Duration::from_millis(200))).await,
             Fault::RestartAll => on(&cluster, |d| d.kill_all()).await.map(|()| "restart-all".to_string()),
             Fault::KillTaskManager => {
-                let numbers: Vec<u64> = lock(&cluster).task_manager_http().into_keys().collect();
+                let numbers = lock(&cluster).present_task_managers();
                 if numbers.is_empty() {
                     continue;
                 }
                 let victim = numbers[rng.gen_range(0..numbers.len())];
                 on(&cluster, move |d| d.kill_task_manager(victim)).await.map(|()| format!("kill-taskmanager {victim}"))
             }
+            Fault::ChurnTaskManagers => churn_task_managers(&cluster, &tm_http, &mut rng).await,
         };
         // A fault that could not be applied is still a window in the history, named as such, so the report shows it.
         let description = applied.unwrap_or_else(|e| {
@@ -488,6 +511,10 @@ async fn run_nemesis(
         tracing::info!(fault = %description, "nemesis");
         let hold = if fault == Fault::PauseLeader { hold.max(PAST_LEASE) } else { hold };
         let stopped = sleep_unless_stopped(hold, &stop).await;
+        let reaped = on(&cluster, |d| d.reap_departed()).await;
+        for n in reaped {
+            eprintln!("jepsen: TaskManager {n} did not exit within the hold after SIGTERM; SIGKILLed");
+        }
         if let Err(e) = on(&cluster, |d| d.heal_network().and_then(|()| d.heal_processes())).await {
             eprintln!("jepsen: warning: the heal after {description} failed: {e:#}");
         }
@@ -495,6 +522,34 @@ async fn run_nemesis(
         if stopped {
             return;
         }
+    }
+}
+
+/// One step of TaskManager churn (see [`nemesis::churn`]); its description for the history.
+async fn churn_task_managers(cluster: &Shared, tm_http: &Mutex<Vec<String>>, rng: &mut StdRng) -> Result<String> {
+    let (present, departed) = {
+        let d = lock(cluster);
+        (d.present_task_managers(), d.departed_task_managers())
+    };
+    let started = present.len() + departed.len();
+    match nemesis::churn(&present, &departed, started, rng) {
+        Some(nemesis::Churn::Leave { number, graceful }) => {
+            on(cluster, move |d| d.leave_task_manager(number, graceful)).await?;
+            let how = if graceful { "sigterm" } else { "sigkill" };
+            Ok(format!("churn-taskmanagers leave {number} {how}"))
+        }
+        Some(nemesis::Churn::Join) => {
+            let (number, http) = on(cluster, |d| d.add_task_manager()).await.context("a new TaskManager")?;
+            lock(tm_http).push(http);
+            Ok(format!("churn-taskmanagers join {number}"))
+        }
+        Some(nemesis::Churn::Return { number }) => {
+            on(cluster, move |d| d.return_task_manager(number))
+                .await
+                .with_context(|| format!("TaskManager {number} coming back"))?;
+            Ok(format!("churn-taskmanagers return {number}"))
+        }
+        None => Ok("churn-taskmanagers none".to_string()),
     }
 }
 

@@ -128,6 +128,12 @@ impl TestCluster {
     /// Starts TaskManager number `number` (a new one, or again on its data dir) with `slots` slots.
     pub fn spawn_tm(&mut self, number: u64, slots: u32) {
         let cluster: Vec<String> = self.replicas.iter().map(|r| r.api_addr.clone()).collect();
+        self.spawn_tm_with(number, slots, &cluster, None);
+    }
+
+    /// [`Self::spawn_tm`], reaching the replicas at `cluster` and advertising `advertise` (default: its listen
+    /// address): e.g. through proxies a test can cut.
+    pub fn spawn_tm_with(&mut self, number: u64, slots: u32, cluster: &[String], advertise: Option<&str>) {
         if !self.task_managers.iter().any(|t| t.number == number) {
             self.task_managers.push(TaskManagerProcess {
                 number,
@@ -145,6 +151,7 @@ impl TestCluster {
         let child = Command::new(jm())
             .args(["taskmanager", "--cluster", &cluster.join(","), "--listen", &tm.listen, "--http-listen", &tm.http])
             .args(["--slots", &slots.to_string(), "--heartbeat-ms", "200"])
+            .args(advertise.iter().flat_map(|a| ["--advertise", a]))
             .arg("--data-dir")
             .arg(&tm.data_dir)
             .env("RUST_LOG", "info")

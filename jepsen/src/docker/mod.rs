@@ -589,6 +589,9 @@ impl Deployment for DockerCluster {
     fn unsupported(&self, fault: Fault) -> Option<String> {
         match fault {
             Fault::Delay => self.delay.as_ref().err().cloned(),
+            Fault::ChurnTaskManagers => {
+                Some("TaskManager churn (leave, join with a fresh id, come back) runs in local mode only".to_string())
+            }
             _ => None,
         }
     }
