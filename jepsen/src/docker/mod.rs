@@ -459,11 +459,6 @@ impl DockerCluster {
         })
     }
 
-    /// The run's name prefix.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// What was deployed, for the report directory.
     fn description(&self) -> serde_json::Value {
         let list = |m: &BTreeMap<u64, Container>| -> Vec<serde_json::Value> {
