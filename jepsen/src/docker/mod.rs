@@ -69,6 +69,9 @@ pub const TM_PORT: u16 = 6100;
 /// The TaskManagers' HTTP port.
 pub const TM_HTTP_PORT: u16 = 8081;
 
+/// How many times a `docker pause` is tried before the fault is reported as not applied.
+const PAUSE_ATTEMPTS: u64 = 3;
+
 /// What can go wrong with Docker itself; each message says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -456,11 +459,6 @@ impl DockerCluster {
         })
     }
 
-    /// The run's name prefix.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// What was deployed, for the report directory.
     fn description(&self) -> serde_json::Value {
         let list = |m: &BTreeMap<u64, Container>| -> Vec<serde_json::Value> {
@@ -612,11 +610,29 @@ impl Deployment for DockerCluster {
 
     fn pause(&mut self, id: u64) -> Result<()> {
         let c = self.replicas.get_mut(&id).with_context(|| format!("no replica {id}"))?;
-        if c.state == State::Running {
-            docker(&["pause", &c.name])?;
-            c.state = State::Paused;
+        if c.state != State::Running {
+            return Ok(());
         }
-        Ok(())
+        // runc gives up ("unable to freeze") when some task does not freeze in time, which happens under load on
+        // cgroup v1; it thaws the container again, so another attempt is safe.
+        let mut failure = None;
+        for attempt in 1..=PAUSE_ATTEMPTS {
+            match docker(&["pause", &c.name]) {
+                Ok(_) => {
+                    c.state = State::Paused;
+                    return Ok(());
+                }
+                Err(e) => failure = Some(e),
+            }
+            let status = docker(&["inspect", "--format", "{{.State.Status}}", &c.name]).unwrap_or_default();
+            if status.trim() == "paused" {
+                c.state = State::Paused;
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100 * attempt));
+        }
+        let e = failure.expect("at least one attempt");
+        Err(anyhow::Error::new(e).context(format!("{} could not be frozen in {PAUSE_ATTEMPTS} attempts", c.name)))
     }
 
     fn kill_all(&mut self) -> Result<()> {
