@@ -28,20 +28,30 @@
 //!
 //! # What is deterministic, and what is not
 //!
-//! The seed fixes turmoil's network (message latencies, the order of delivery), the fault schedule, the workload's
-//! choices and every host's wall clock. openraft draws each replica's election timeout from `rand::thread_rng()`;
-//! the simulation makes that draw constant by configuring a one-millisecond range, so elections are timed by the
-//! replicas' own deterministic logic (`campaign.rs` stands for election first). What remains outside the seed:
+//! The seed fixes turmoil's network (message latencies and the order of delivery), the fault schedule, the
+//! workload's choices and every host's wall clock. openraft draws each replica's election timeout from
+//! `rand::thread_rng()`; the simulation makes that draw constant by configuring a one-millisecond range, so elections
+//! are timed by the replicas' own logic (`campaign.rs` stands for election first). What the seed does not fix:
 //!
 //! * the disk writer is a real thread (`src/raft/disk_writer.rs`): how many virtual milliseconds pass before a flush
-//!   is reported durable depends on the real scheduler, and so which unflushed writes a crash loses;
+//!   is reported durable depends on the OS scheduler, and so does which unflushed writes a crash loses. This is the
+//!   big one: the same seed run twice diverges from the first operation (the first election ends at a different
+//!   virtual time). With the disk writer applying writes inline (tried locally, not in the product) two runs of a
+//!   seed recorded the same first 715 of about 2,450 events (7.6 s of virtual time), job ids aside;
 //! * tokio's `select!` picks among ready branches with the runtime's own RNG, seeded from the OS unless tokio is
-//!   built with `--cfg tokio_unstable` (turmoil then seeds it from the simulation's seed);
-//! * `HashMap` iteration order is per-process random.
+//!   built with `--cfg tokio_unstable` (turmoil then seeds it from the simulation's seed); `HashMap` iteration order
+//!   is per process; job ids and request ids are random. These explain the later divergence in the experiment above.
 //!
-//! So a replay runs the same schedule with the same workload against the same network, but not necessarily the
-//! same interleaving: the history may differ in detail ([`a_seed_replays_its_schedule_and_workload`] checks what
-//! is stable). A failure found on one seed reproduces often, not always; rerun it a few times.
+//! So a replay runs the same schedule and workload against the same network, not the same interleaving. A failure
+//! found on one seed is a scenario that fails often rather than always: replay it a few times. The pinned regression
+//! scenario repeats its round 30 times for the same reason.
+//!
+//! # The history's clock
+//!
+//! Times are virtual nanoseconds made strictly increasing in recording order ([`history_clock`]). Many events share
+//! a 1 ms step and the checkers take equal times as concurrent; with plain step times the linearizability checker
+//! could order a client's acknowledged write after its own next read, and it did explain away the stale reads of
+//! the restart-all scenario before this clock.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -76,6 +86,8 @@ use tonic::transport::{Endpoint, Uri};
 
 /// Seeds per `cargo test` run unless `JM_SIM_SEEDS` says otherwise.
 const DEFAULT_SEEDS: u64 = 4;
+/// Seeds simulated at once.
+const SEED_THREADS: usize = 2;
 /// Replicas per simulated cluster.
 const REPLICAS: u64 = 3;
 /// Port of every replica's peer service.
@@ -83,7 +95,7 @@ const RAFT_PORT: u16 = 7123;
 /// Port of every replica's client API.
 const API_PORT: u16 = 6123;
 /// How long clients and the nemesis run, in virtual time.
-const RUN_FOR: Duration = Duration::from_secs(20);
+const RUN_FOR: Duration = Duration::from_secs(15);
 /// Concurrent client loops.
 const CONCURRENCY: usize = 4;
 /// Register keys.
@@ -200,6 +212,24 @@ impl Engine for SimDiskHandle {
     }
 }
 
+/// What outlives a replica's process on its simulated machine.
+#[derive(Default)]
+struct Machine {
+    disk: Arc<SimDisk>,
+    /// How long the next start of the process waits before it listens (then reset to 0).
+    start_delay_ms: AtomicU64,
+}
+
+/// Kills replica `id`'s process (unflushed writes are lost) and starts it again after `down`: until then its
+/// machine refuses connections, as a real one does while the process is down.
+fn kill_and_restart(sim: &mut turmoil::Sim<'_>, machines: &BTreeMap<NodeId, Arc<Machine>>, id: NodeId, down: Duration) {
+    let machine = &machines[&id];
+    sim.crash(host_name(id));
+    machine.disk.crash();
+    machine.start_delay_ms.store(down.as_millis() as u64, Ordering::Relaxed);
+    sim.bounce(host_name(id));
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // A replica on a turmoil host.
 
@@ -292,8 +322,12 @@ fn node_config(id: NodeId, dir: &Path) -> NodeConfig {
     }
 }
 
-/// One replica, as `jm server` assembles it, until the host crashes.
-async fn replica(id: NodeId, disk: Arc<SimDisk>, dir: PathBuf) -> turmoil::Result {
+/// One replica, as `jm server` assembles it, until the host crashes. It first waits out the start delay its
+/// [`Machine`] was given: the process is down, the machine is up, so connections to it are refused.
+async fn replica(id: NodeId, machine: Arc<Machine>, dir: PathBuf) -> turmoil::Result {
+    let delay = Duration::from_millis(machine.start_delay_ms.swap(0, Ordering::Relaxed));
+    tokio::time::sleep(delay).await;
+    let disk = machine.disk.clone();
     let raft_incoming = incoming(RAFT_PORT).await?;
     let api_incoming = incoming(API_PORT).await?;
     let config = node_config(id, &dir);
@@ -327,11 +361,11 @@ enum Fault {
     IsolateRandom,
     /// Two replicas cannot talk; the third talks to both.
     Bridge,
-    /// The leader's host crashes; restarted at the heal.
+    /// The leader's process is killed; it restarts at the heal.
     CrashLeader,
-    /// A random host crashes; restarted at the heal.
+    /// A random replica's process is killed; it restarts at the heal.
     CrashRandom,
-    /// Every host crashes at once; all restarted at the heal.
+    /// Every replica's process is killed at once; all restart at the heal.
     RestartAll,
     /// Every link is slow: up to 400 ms per message.
     Slow,
@@ -378,14 +412,15 @@ fn schedule(seed: u64) -> Vec<Window> {
 /// What the nemesis did to the simulation, to undo at the heal.
 enum Applied {
     Held(Vec<(NodeId, NodeId)>),
-    Crashed(Vec<NodeId>),
+    /// Killed processes restart on their own at the window's end.
+    Killed,
     Slowed,
 }
 
 struct Nemesis {
     windows: std::collections::VecDeque<Window>,
     active: Option<(Window, Applied)>,
-    disks: BTreeMap<NodeId, Arc<SimDisk>>,
+    machines: BTreeMap<NodeId, Arc<Machine>>,
     recorder: Recorder,
     /// The leader the client's observer saw last (0: none).
     leader: Arc<AtomicU64>,
@@ -394,13 +429,6 @@ struct Nemesis {
 const BASE_MAX_LATENCY: Duration = Duration::from_millis(20);
 
 impl Nemesis {
-    fn crash(&self, sim: &mut turmoil::Sim<'_>, ids: &[NodeId]) {
-        for id in ids {
-            sim.crash(host_name(*id));
-            self.disks[id].crash();
-        }
-    }
-
     /// Applies or heals whatever is due at the simulation's current time.
     fn step(&mut self, sim: &mut turmoil::Sim<'_>) {
         let now = sim.elapsed();
@@ -439,13 +467,14 @@ impl Nemesis {
             }
             Fault::CrashLeader | Fault::CrashRandom => {
                 let target = if next.fault == Fault::CrashLeader { leader } else { next.pick };
-                self.crash(sim, &[target]);
-                Applied::Crashed(vec![target])
+                kill_and_restart(sim, &self.machines, target, next.end - next.start);
+                Applied::Killed
             }
             Fault::RestartAll => {
-                let all: Vec<NodeId> = (1..=REPLICAS).collect();
-                self.crash(sim, &all);
-                Applied::Crashed(all)
+                for id in 1..=REPLICAS {
+                    kill_and_restart(sim, &self.machines, id, next.end - next.start);
+                }
+                Applied::Killed
             }
             Fault::Slow => {
                 sim.set_max_message_latency(Duration::from_millis(400));
@@ -463,11 +492,7 @@ impl Nemesis {
                     sim.release(host_name(a), host_name(b));
                 }
             }
-            Applied::Crashed(ids) => {
-                for id in ids {
-                    sim.bounce(host_name(id));
-                }
-            }
+            Applied::Killed => {}
             Applied::Slowed => sim.set_max_message_latency(BASE_MAX_LATENCY),
         }
     }
@@ -635,7 +660,7 @@ async fn final_reads(ctx: &Ctx, holder: &str) {
             let _ = w::cancel(ctx.clients.client(first), &job.job_id).await;
         }
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let mut digests = Vec::new();
@@ -673,7 +698,7 @@ async fn chaos_client(ctx: Arc<Ctx>, seed: u64, run_over: Arc<AtomicBool>, heale
     while !healed.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     wait_for_leader(&ctx.clients, &ctx.apis, Duration::from_secs(30)).await;
     final_reads(&ctx, &holder).await;
     Ok(())
@@ -702,11 +727,27 @@ fn init_logging() {
     }
 }
 
+/// The history's clock: the simulation's time, set by the test before each step, made strictly increasing in the
+/// order the events are recorded. Many events share a 1 ms step, and the checkers take equal times as concurrent:
+/// a write acknowledged and the next operation of the same client invoked in one step would otherwise count as
+/// overlapping, and a stale read after it could be explained away. The simulation runs on one thread, so the order
+/// of recording is the order things happened.
+fn history_clock(sim_ns: Arc<AtomicU64>) -> jepsen::recorder::TimeSource {
+    let last = AtomicU64::new(0);
+    Arc::new(move || {
+        let now = sim_ns.load(Ordering::Relaxed);
+        // Everything in the simulation, the recorder included, runs on this one thread: no lost update here.
+        let next = now.max(last.load(Ordering::Relaxed) + 1);
+        last.store(next, Ordering::Relaxed);
+        next
+    })
+}
+
 /// A simulation of `REPLICAS` replicas with the seed's network, and the disks, client-side context and virtual
 /// clock of the history.
 struct World {
     sim: turmoil::Sim<'static>,
-    disks: BTreeMap<NodeId, Arc<SimDisk>>,
+    machines: BTreeMap<NodeId, Arc<Machine>>,
     ctx: Arc<Ctx>,
     now_ns: Arc<AtomicU64>,
     _dir: tempfile::TempDir,
@@ -722,17 +763,16 @@ fn world(seed: u64) -> World {
         .max_message_latency(BASE_MAX_LATENCY)
         .build();
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut disks = BTreeMap::new();
+    let mut machines = BTreeMap::new();
     for id in 1..=REPLICAS {
-        let disk = Arc::new(SimDisk::default());
-        disks.insert(id, disk.clone());
+        let machine = Arc::new(Machine::default());
+        machines.insert(id, machine.clone());
         let path = dir.path().to_path_buf();
-        sim.host(host_name(id), move || replica(id, disk.clone(), path.clone()));
+        sim.host(host_name(id), move || replica(id, machine.clone(), path.clone()));
     }
     let now_ns = Arc::new(AtomicU64::new(0));
-    let clock = now_ns.clone();
     let ctx = Arc::new(Ctx {
-        recorder: Recorder::with_clock(Arc::new(move || clock.load(Ordering::Relaxed))),
+        recorder: Recorder::with_clock(history_clock(now_ns.clone())),
         clients: Arc::new(Clients::with_connector(sim_connector())),
         apis: (1..=REPLICAS).map(|id| (id, api_addr(id))).collect(),
         counter: Arc::new(AtomicU64::new(1)),
@@ -740,12 +780,12 @@ fn world(seed: u64) -> World {
         stop: Arc::default(),
         leader: Arc::default(),
     });
-    World { sim, disks, ctx, now_ns, _dir: dir }
+    World { sim, machines, ctx, now_ns, _dir: dir }
 }
 
 /// Runs the chaos workload under the seed's fault schedule.
 fn run_chaos(seed: u64) -> SimRun {
-    let World { mut sim, disks, ctx, now_ns, _dir } = world(seed);
+    let World { mut sim, machines, ctx, now_ns, _dir } = world(seed);
     let run_over = Arc::new(AtomicBool::new(false));
     let healed = Arc::new(AtomicBool::new(false));
     sim.client("jepsen", chaos_client(ctx.clone(), seed, run_over.clone(), healed.clone()));
@@ -753,7 +793,7 @@ fn run_chaos(seed: u64) -> SimRun {
     let mut nemesis = Nemesis {
         windows: windows.iter().copied().collect(),
         active: None,
-        disks,
+        machines,
         recorder: ctx.recorder.clone(),
         leader: ctx.leader.clone(),
     };
@@ -833,28 +873,48 @@ fn count(history: &[Op], f: &str, outcome: OpType) -> usize {
 
 #[test]
 fn seeded_chaos_runs_pass_every_checker() {
-    let mut failures = Vec::new();
-    for seed in seeds() {
-        let started = std::time::Instant::now();
-        let run = run_chaos(seed);
-        let verdicts = check(&run.history);
-        eprintln!(
-            "sim seed {seed}: {} events, {} ok writes, {} ok reads, {} ok submits, {} faults, {:?} simulated in {:?}: {}",
-            run.history.len(),
-            count(&run.history, "write", OpType::Ok),
-            count(&run.history, "read", OpType::Ok),
-            count(&run.history, "submit", OpType::Ok),
-            run.schedule.len(),
-            run.simulated,
-            started.elapsed(),
-            verdicts.iter().map(|v| format!("{} {:?}", v.checker, v.validity)).collect::<Vec<_>>().join(", "),
-        );
-        if run.error.is_some() || verdicts.iter().any(Verdict::is_invalid) {
-            let replay = format!("JM_SIM_SEED={seed} cargo test -p jepsen --test sim seeded_chaos_runs");
-            failures.push(failure_report(&run, &verdicts, &replay));
+    // Seeds run on up to two threads (each simulation is single-threaded and keeps its world in a thread-local).
+    let seeds = seeds();
+    let next = AtomicU64::new(0);
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..seeds.len().min(SEED_THREADS) {
+            scope.spawn(|| {
+                while let Some(seed) = seeds.get(next.fetch_add(1, Ordering::Relaxed) as usize).copied() {
+                    if let Some(failure) = check_seed(seed) {
+                        lock(&failures).push(failure);
+                    }
+                }
+            });
         }
-    }
+    });
+    let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Runs and checks one seed; the failure report if it failed.
+fn check_seed(seed: u64) -> Option<String> {
+    let started = std::time::Instant::now();
+    let run = run_chaos(seed);
+    let verdicts = check(&run.history);
+    eprintln!(
+        "sim seed {seed}: {} events, {} ok writes, {} ok reads, {} ok submits, {} faults, {:?} simulated in {:?}: {}",
+        run.history.len(),
+        count(&run.history, "write", OpType::Ok),
+        count(&run.history, "read", OpType::Ok),
+        count(&run.history, "submit", OpType::Ok),
+        run.schedule.len(),
+        run.simulated,
+        started.elapsed(),
+        verdicts.iter().map(|v| format!("{} {:?}", v.checker, v.validity)).collect::<Vec<_>>().join(", "),
+    );
+    if let Ok(dir) = std::env::var("JM_SIM_HISTORY_DIR") {
+        let path = PathBuf::from(dir).join(format!("sim-{seed}.jsonl"));
+        jepsen::history::write_jsonl(&path, &run.history).expect("the history is written");
+    }
+    let failed = run.error.is_some() || verdicts.iter().any(Verdict::is_invalid);
+    let replay = format!("JM_SIM_SEED={seed} cargo test -p jepsen --test sim seeded_chaos_runs");
+    failed.then(|| failure_report(&run, &verdicts, &replay))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -863,14 +923,20 @@ fn seeded_chaos_runs_pass_every_checker() {
 /// The seed of [`restart_all_reads_the_last_acknowledged_write`].
 const RESTART_ALL_SEED: u64 = 7;
 /// Write, restart everything, read: this many times.
-const RESTART_ALL_ROUNDS: usize = 6;
+const RESTART_ALL_ROUNDS: usize = 30;
+/// How long after the old leader the other replicas come back, in milliseconds (drawn per round).
+const FOLLOWERS_LATER_MS: std::ops::Range<u64> = 20..100;
 
-/// The client of the restart-all scenario: per round, a write until acknowledged, then every replica restarted at
-/// once (by the test, on `restart`), then a linearizable read until one answers. Returns (written, read) per round.
+/// One round of the restart-all scenario: the acknowledged value, and what the read after the restart returned.
+type Round = (u64, Option<u64>);
+
+/// The client of the restart-all scenario: per round, writes until one is acknowledged, asks the test to restart
+/// every replica (on `restart`, naming the leader in `ctx.leader`), then reads through the old leader until it
+/// answers. Appends (written, read) per round to `rounds`.
 async fn restart_all_client(
     ctx: Arc<Ctx>,
     restart: Arc<AtomicBool>,
-    rounds: Arc<Mutex<Vec<(u64, Option<u64>)>>>,
+    rounds: Arc<Mutex<Vec<Round>>>,
 ) -> turmoil::Result {
     wait_for_leader(&ctx.clients, &ctx.apis, Duration::from_secs(30)).await.ok_or("no leader within 30 s")?;
     let holder = submit_holder(&ctx.clients, &ctx.apis).await?;
@@ -878,7 +944,9 @@ async fn restart_all_client(
     let mut process = r.new_process();
     let nodes: Vec<NodeId> = ctx.apis.keys().copied().collect();
     for round in 0..RESTART_ALL_ROUNDS {
-        // Some traffic first, so the leader's log runs ahead of what it persisted as committed.
+        let leader =
+            wait_for_leader(&ctx.clients, &ctx.apis, Duration::from_secs(30)).await.ok_or("no leader within 30 s")?;
+        // A few writes, the last one acknowledged right before the crash.
         let mut written = None;
         let mut attempt = 0;
         while attempt < 200 {
@@ -896,15 +964,15 @@ async fn restart_all_client(
             }
         }
         let written = written.ok_or("no write was acknowledged")?;
+        ctx.leader.store(leader, Ordering::Relaxed);
         restart.store(true, Ordering::Relaxed);
         while restart.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let mut read = None;
-        for attempt in 0..300 {
-            let node = nodes[(round + attempt) % nodes.len()];
-            let op = w::read(ctx.clients.client(&ctx.apis[&node]), &holder, "r0");
-            let pending = r.invoke(process, "read", Some("r0".into()), Value::Null, Some(node));
+        for _ in 0..500 {
+            let op = w::read(ctx.clients.client(&ctx.apis[&leader]), &holder, "r0");
+            let pending = r.invoke(process, "read", Some("r0".into()), Value::Null, Some(leader));
             let outcome = op.await;
             let ok = outcome.op_type == OpType::Ok;
             if ok {
@@ -914,7 +982,7 @@ async fn restart_all_client(
             if ok {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         lock(&rounds).push((written, read.ok_or("no read answered after the restart")?));
     }
@@ -925,27 +993,34 @@ async fn restart_all_client(
 /// acknowledged write. openraft 0.9 restores a leader that restarts within its term without a new election; its
 /// read index was the larger of its first entry of the term (old) and its lazily persisted commit index (older than
 /// the acknowledged write). Fixed by `leadership::decide` and `ReplicaNode::serve_read_index`: a restored leader
-/// neither acts nor serves a read index until it applied everything its log held when it took over. Each round
-/// writes until acknowledged, crashes and restarts every host in the same step (unflushed writes, the commit index
-/// among them, are lost), and reads through the replicas until one answers: it must return the acknowledged value.
+/// neither acts nor serves a read index until it applied everything its log held when it took over.
+///
+/// Each round writes until a write is acknowledged, then kills every replica in one step (unflushed writes, the
+/// commit index among them, are lost), restarts the old leader at once and the others 20 to 100 ms later (drawn from
+/// the seed), and reads through the old leader until it answers: the read must return the acknowledged value, and
+/// the whole history must be linearizable. The stagger matters: openraft backs its replication to a peer that
+/// refused a connection off for 500 ms, while the read's leadership check reaches the returned peers at once, so
+/// the restored leader confirms a read index before it re-learns its commit index. The race also depends on real
+/// thread timing (see the module doc), so the round is repeated [`RESTART_ALL_ROUNDS`] times: with the fix reverted,
+/// 4 runs of 4 failed (1 to 5 stale reads of 30 rounds each); with it, none.
 #[test]
 fn restart_all_reads_the_last_acknowledged_write() {
     let seed = env_u64("JM_SIM_SEED").unwrap_or(RESTART_ALL_SEED);
-    let World { mut sim, disks, ctx, now_ns, _dir } = world(seed);
+    let World { mut sim, machines, ctx, now_ns, _dir } = world(seed);
     let restart = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(Mutex::new(Vec::new()));
     sim.client("jepsen", restart_all_client(ctx.clone(), restart.clone(), rounds.clone()));
     let mut restarts = 0;
+    let mut rng = StdRng::seed_from_u64(seed);
     let error = loop {
         now_ns.store(sim.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if restart.load(Ordering::Relaxed) {
+            let leader = ctx.leader.load(Ordering::Relaxed);
+            let followers_later = Duration::from_millis(rng.gen_range(FOLLOWERS_LATER_MS));
             ctx.recorder.nemesis("start", "restart-all");
-            for (id, disk) in &disks {
-                sim.crash(host_name(*id));
-                disk.crash();
-            }
-            for id in disks.keys() {
-                sim.bounce(host_name(*id));
+            for id in 1..=REPLICAS {
+                let down = if id == leader { Duration::ZERO } else { followers_later };
+                kill_and_restart(&mut sim, &machines, id, down);
             }
             ctx.recorder.nemesis("stop", "restart-all");
             restarts += 1;
@@ -958,10 +1033,25 @@ fn restart_all_reads_the_last_acknowledged_write() {
         }
     };
     let history = ctx.recorder.snapshot();
+    if std::env::var("JM_SIM_DUMP").is_ok() {
+        for op in &history {
+            eprintln!(
+                "{:>8} p{} {:?} {} {:?} {} n{:?} {:?}",
+                op.time_ns / 1000,
+                op.process,
+                op.op_type,
+                op.f,
+                op.key,
+                op.value,
+                op.node,
+                op.error
+            );
+        }
+    }
     let rounds = lock(&rounds).clone();
     let registers: Vec<Op> = history.iter().filter(|op| op.f == "write" || op.f == "read").cloned().collect();
     let verdict = checker::linearizable::check(&registers, Duration::from_secs(20));
-    let stale: Vec<&(u64, Option<u64>)> = rounds.iter().filter(|(w, r)| *r != Some(*w)).collect();
+    let stale: Vec<&Round> = rounds.iter().filter(|(w, r)| *r != Some(*w)).collect();
     let run = SimRun { seed, history, schedule: Vec::new(), error, simulated: sim.elapsed() };
     let replay = format!("JM_SIM_SEED={seed} cargo test -p jepsen --test sim restart_all");
     eprintln!("restart-all seed {seed}: {restarts} restarts, rounds (written, read): {rounds:?}, {}", verdict.summary);
@@ -973,10 +1063,18 @@ fn restart_all_reads_the_last_acknowledged_write() {
     assert_eq!(rounds.len(), RESTART_ALL_ROUNDS);
 }
 
-/// What a replay keeps: the same fault schedule (a pure function of the seed) and, run twice, histories of the same
-/// shape. Bit-for-bit equality is not promised (see the module doc); this test prints how close two runs came.
+/// The fault schedule is a pure function of the seed (what `JM_SIM_SEED` replays exactly), its windows do not
+/// overlap, and they end before the run does (the heal at the end finds nothing still scheduled).
 #[test]
-fn a_seed_replays_its_schedule_and_workload() {
+fn a_seed_fixes_its_fault_schedule() {
     assert_eq!(schedule(11), schedule(11));
     assert_ne!(schedule(11), schedule(12));
+    for seed in 0..50 {
+        let windows = schedule(seed);
+        assert!(!windows.is_empty(), "seed {seed} has no fault");
+        for pair in windows.windows(2) {
+            assert!(pair[0].end < pair[1].start, "seed {seed}: {pair:?} overlap");
+        }
+        assert!(windows.iter().all(|w| w.start < w.end && w.end < RUN_FOR && (1..=REPLICAS).contains(&w.pick)));
+    }
 }
