@@ -114,3 +114,21 @@ impl Recorder {
         self.inner.ops.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_timed_by_the_given_clock() {
+        let now = Arc::new(AtomicU64::new(5_000));
+        let clock = now.clone();
+        let recorder = Recorder::with_clock(Arc::new(move || clock.load(Ordering::Relaxed)));
+        let pending = recorder.invoke(1, "read", Some("k".into()), Value::Null, Some(2));
+        now.store(9_000, Ordering::Relaxed);
+        recorder.complete(pending, OpType::Ok, serde_json::json!(3), None);
+        let times: Vec<u64> = recorder.snapshot().iter().map(|op| op.time_ns).collect();
+        assert_eq!(times, vec![5_000, 9_000]);
+        assert_eq!(recorder.now_ns(), 9_000);
+    }
+}

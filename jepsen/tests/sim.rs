@@ -8,12 +8,20 @@
 //! Storage is a [`SimDisk`] per replica kept outside the host, so a crash and restart keeps what was flushed and
 //! loses what was not, as a killed process loses sled's unflushed buffers.
 //!
+//! Two choices model real machines rather than turmoil's defaults. A killed replica's host is restarted at once with
+//! software that first waits out the downtime ([`kill_and_restart`]): its machine stays up and refuses connections,
+//! as a real one does, where a crashed turmoil host would queue messages and hand them to its next incarnation.
+//! Partitions hold messages and deliver them at the heal ([`turmoil::Sim::hold`]) instead of dropping them: turmoil
+//! drops segments out of the middle of a TCP stream, which no real TCP does (it retransmits), and which would feed
+//! HTTP/2 garbage instead of a stalled connection.
+//!
 //! A turmoil client runs the chaos suite's workloads with the `jepsen` crate's own client calls (pointed at the
 //! simulated network with [`Clients::with_connector`]) and [`Recorder`] (timed by virtual time): linearizable
 //! registers (metadata put/get), job submissions with idempotency keys and cancellations, every replica's view of
 //! itself. The test itself steps the simulation and is the nemesis: from the seed it draws a schedule of faults
-//! (isolating the leader or a random replica, a bridge topology, crashing the leader or a random replica, crashing
-//! every replica at once, slow links), applies each between steps and heals it. After the run everything is
+//! (isolating the leader or a random replica, a bridge topology, killing the leader or a random replica, killing
+//! every replica at once, slow links), applies each between steps and heals it. No TaskManagers run here, so the
+//! checkpoint, lease and epoch checkers have nothing to read. After the run everything is
 //! healed, the client reads everything back through every replica, cancels what runs and collects every replica's
 //! state digest; then the same checkers as `jepsen run` decide: linearizability per register, set-full for the
 //! submissions, one leader per term and identical final states.
@@ -391,14 +399,14 @@ struct Window {
     pick: u64,
 }
 
-/// The schedule of `seed`: quiet 1 to 3 s, a fault held 0.5 to 4 s, repeated until the run ends.
+/// The schedule of `seed`: quiet 0.5 to 2 s, a fault held 0.5 to 3 s, repeated until the run ends.
 fn schedule(seed: u64) -> Vec<Window> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x006e_656d_6573_6973);
     let mut at = Duration::from_secs(2);
     let mut windows = Vec::new();
     loop {
-        let start = at + Duration::from_millis(rng.gen_range(1000..3000));
-        let end = start + Duration::from_millis(rng.gen_range(500..4000));
+        let start = at + Duration::from_millis(rng.gen_range(500..2000));
+        let end = start + Duration::from_millis(rng.gen_range(500..3000));
         let fault = FAULTS[rng.gen_range(0..FAULTS.len())];
         let pick = rng.gen_range(1..=REPLICAS);
         if end >= RUN_FOR {
