@@ -373,7 +373,8 @@ enum Fault {
     CrashLeader,
     /// A random replica's process is killed; it restarts at the heal.
     CrashRandom,
-    /// Every replica's process is killed at once; all restart at the heal.
+    /// Every replica's process is killed at once; the leader restarts at the heal, the others a little later (no two
+    /// processes come back at the same instant, and the restart-all bug needed exactly that).
     RestartAll,
     /// Every link is slow: up to 400 ms per message.
     Slow,
@@ -397,6 +398,8 @@ struct Window {
     fault: Fault,
     /// Drawn with the window: which replica a random fault hits.
     pick: u64,
+    /// Drawn with the window: how much later than the leader the others restart after a restart-all.
+    stagger: Duration,
 }
 
 /// The schedule of `seed`: quiet 0.5 to 2 s, a fault held 0.5 to 3 s, repeated until the run ends.
@@ -409,10 +412,11 @@ fn schedule(seed: u64) -> Vec<Window> {
         let end = start + Duration::from_millis(rng.gen_range(500..3000));
         let fault = FAULTS[rng.gen_range(0..FAULTS.len())];
         let pick = rng.gen_range(1..=REPLICAS);
+        let stagger = Duration::from_millis(rng.gen_range(FOLLOWERS_LATER_MS));
         if end >= RUN_FOR {
             return windows;
         }
-        windows.push(Window { start, end, fault, pick });
+        windows.push(Window { start, end, fault, pick, stagger });
         at = end;
     }
 }
@@ -480,7 +484,8 @@ impl Nemesis {
             }
             Fault::RestartAll => {
                 for id in 1..=REPLICAS {
-                    kill_and_restart(sim, &self.machines, id, next.end - next.start);
+                    let later = if id == leader { Duration::ZERO } else { next.stagger };
+                    kill_and_restart(sim, &self.machines, id, next.end - next.start + later);
                 }
                 Applied::Killed
             }
@@ -932,7 +937,8 @@ fn check_seed(seed: u64) -> Option<String> {
 const RESTART_ALL_SEED: u64 = 7;
 /// Write, restart everything, read: this many times.
 const RESTART_ALL_ROUNDS: usize = 30;
-/// How long after the old leader the other replicas come back, in milliseconds (drawn per round).
+/// How long after the old leader the other replicas come back after a restart of every replica, in milliseconds
+/// (drawn per restart).
 const FOLLOWERS_LATER_MS: std::ops::Range<u64> = 20..100;
 
 /// One round of the restart-all scenario: the acknowledged value, and what the read after the restart returned.
