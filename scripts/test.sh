@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README: unit tests, property tests, openraft's storage suite, the chaos suite's
-# checkers (jepsen/), and the multi-process tests that run real `jm` binaries on 127.0.0.1 and SIGKILL
-# them. Ends with one line totalling every test binary's results.
+# checkers and its deterministic tier (seeded runs on turmoil's simulated network, jepsen/tests/sim.rs), and the
+# multi-process tests that run real `jm` binaries on 127.0.0.1 and SIGKILL them. Ends with one line totalling
+# every test binary's results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)

@@ -1,6 +1,6 @@
 //! Records the history as the run goes: clients and the nemesis append invocations and completions from many tasks;
 //! the order of the recorded events is the order the harness observed them, and times come from one monotonic clock
-//! started with the run.
+//! started with the run (or, in the simulation, from its virtual clock: [`Recorder::with_clock`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,8 +19,11 @@ pub struct Recorder {
     inner: Arc<Inner>,
 }
 
+/// Nanoseconds since the run started.
+pub type TimeSource = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 struct Inner {
-    start: Instant,
+    clock: TimeSource,
     ops: Mutex<Vec<Op>>,
     next_process: AtomicU64,
 }
@@ -43,13 +46,13 @@ impl Default for Recorder {
 impl Recorder {
     /// An empty history whose clock starts now.
     pub fn new() -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                start: Instant::now(),
-                ops: Mutex::new(Vec::new()),
-                next_process: AtomicU64::new(0),
-            }),
-        }
+        let start = Instant::now();
+        Self::with_clock(Arc::new(move || start.elapsed().as_nanos() as u64))
+    }
+
+    /// An empty history timed by `clock` (the simulation's virtual time, so a replayed seed records the same times).
+    pub fn with_clock(clock: TimeSource) -> Self {
+        Self { inner: Arc::new(Inner { clock, ops: Mutex::new(Vec::new()), next_process: AtomicU64::new(0) }) }
     }
 
     /// A fresh logical process id (a client whose last operation was indeterminate gets a new one).
@@ -59,7 +62,7 @@ impl Recorder {
 
     /// Nanoseconds since the run started.
     pub fn now_ns(&self) -> u64 {
-        self.inner.start.elapsed().as_nanos() as u64
+        (self.inner.clock)()
     }
 
     fn push(&self, mut op: Op) {
@@ -109,5 +112,23 @@ impl Recorder {
     /// A copy of the history so far.
     pub fn snapshot(&self) -> Vec<Op> {
         self.inner.ops.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_timed_by_the_given_clock() {
+        let now = Arc::new(AtomicU64::new(5_000));
+        let clock = now.clone();
+        let recorder = Recorder::with_clock(Arc::new(move || clock.load(Ordering::Relaxed)));
+        let pending = recorder.invoke(1, "read", Some("k".into()), Value::Null, Some(2));
+        now.store(9_000, Ordering::Relaxed);
+        recorder.complete(pending, OpType::Ok, serde_json::json!(3), None);
+        let times: Vec<u64> = recorder.snapshot().iter().map(|op| op.time_ns).collect();
+        assert_eq!(times, vec![5_000, 9_000]);
+        assert_eq!(recorder.now_ns(), 9_000);
     }
 }

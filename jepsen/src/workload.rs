@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use jobmanager::api::grpc::pb;
 use jobmanager::api::grpc::pb::job_manager_client::JobManagerClient;
+use jobmanager::api::grpc::{pb, Connector};
 use serde_json::{json, Value};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -44,6 +44,8 @@ pub fn checkpoint_job_spec(name: &str) -> String {
 #[derive(Default)]
 pub struct Clients {
     channels: Mutex<HashMap<String, Channel>>,
+    /// Opens the channels instead of TCP (the simulation's network).
+    connector: Option<Connector>,
 }
 
 /// What an operation returned, before it is recorded.
@@ -87,15 +89,23 @@ fn timed_out(effect: Effect) -> Outcome {
 }
 
 impl Clients {
+    /// Clients whose channels `connector` opens (given the endpoint), e.g. over the simulation's network.
+    pub fn with_connector(connector: Connector) -> Self {
+        Self { channels: Mutex::default(), connector: Some(connector) }
+    }
+
     /// A client of the replica at `addr`.
     pub fn client(&self, addr: &str) -> JobManagerClient<Channel> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let channel = channels.entry(addr.to_string()).or_insert_with(|| {
-            Endpoint::from_shared(format!("http://{addr}"))
+            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
                 .expect("a host:port address")
                 .connect_timeout(Duration::from_millis(500))
-                .tcp_nodelay(true)
-                .connect_lazy()
+                .tcp_nodelay(true);
+            match &self.connector {
+                Some(connect) => connect(&endpoint),
+                None => endpoint.connect_lazy(),
+            }
         });
         JobManagerClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024)
     }

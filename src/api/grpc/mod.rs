@@ -29,6 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Endpoint};
 
 pub use client::{ClientError, ClusterClient};
 pub use peer::GrpcTransport;
@@ -58,6 +59,10 @@ pub mod tm_pb {
 pub const MAX_CLIENT_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
 /// The largest peer message accepted (a batch of log entries or a snapshot chunk).
 pub const MAX_PEER_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Opens a channel to an endpoint some other way than TCP (see [`GrpcTransport::with_connector`]), e.g. with
+/// [`Endpoint::connect_with_connector_lazy`] over a simulated network. Called in the runtime that uses the channel.
+pub type Connector = std::sync::Arc<dyn Fn(&Endpoint) -> Channel + Send + Sync>;
 
 /// Serves the peer service on the `raft` connections and the client API on the `api` connections until
 /// `shutdown` resolves. The connection streams are injected: [`incoming`] turns a TCP listener into

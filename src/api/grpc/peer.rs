@@ -4,6 +4,10 @@
 //! multiplexes concurrent calls on it). Each call carries its own deadline, sized by openraft (the
 //! heartbeat-based TTL) or by the cluster layer (the write budget).
 //!
+//! How a channel reaches its endpoint is injectable ([`GrpcTransport::with_connector`]): by default a lazily
+//! connected TCP channel; the deterministic simulation (`jepsen/tests/sim.rs`) dials its simulated network instead,
+//! so the same transport code runs there.
+//!
 //! A call made while serving a client request (a forwarded write, a read-index call) carries that request's id as
 //! `x-request-id` metadata ([`request_id`]); the receiving replica serves it in the same request scope, so both
 //! replicas log the same `request_id`. Replicas that do not know the key ignore it.
@@ -19,7 +23,7 @@ use tonic::{Code, Request, Response, Status};
 use super::peer_pb::raft_peer_client::RaftPeerClient;
 use super::peer_pb::raft_peer_server::{RaftPeer, RaftPeerServer};
 use super::peer_pb::PeerPayload;
-use super::MAX_PEER_MESSAGE_BYTES;
+use super::{Connector, MAX_PEER_MESSAGE_BYTES};
 use crate::cluster::{request_id, ReplicaNode};
 use crate::raft::network::BoxFuture;
 use crate::raft::{Node, NodeId, PeerCall, PeerTransport, TransportError};
@@ -33,6 +37,8 @@ pub struct GrpcTransport {
     channels: Mutex<HashMap<String, Channel>>,
     /// Addresses to dial instead of a peer's advertised Raft address (`jm server --peer-via`).
     via: HashMap<NodeId, String>,
+    /// Opens the channels; `None`: a lazily connected TCP channel.
+    connector: Option<Connector>,
 }
 
 impl GrpcTransport {
@@ -48,6 +54,13 @@ impl GrpcTransport {
         self
     }
 
+    /// The same transport, opening its channels with `connector` (given the configured endpoint) instead of over
+    /// TCP: a simulated network, or any other stream.
+    pub fn with_connector(mut self, connector: Connector) -> Self {
+        self.connector = Some(connector);
+        self
+    }
+
     fn channel(&self, addr: &str) -> Result<Channel, TransportError> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = channels.get(addr) {
@@ -59,7 +72,10 @@ impl GrpcTransport {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect_lazy();
+        let channel = match &self.connector {
+            Some(connect) => connect(&endpoint),
+            None => endpoint.connect_lazy(),
+        };
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }
