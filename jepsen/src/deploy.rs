@@ -3,8 +3,8 @@
 //! ([`crate::net`]: each replica dials its peers with `--peer-via`), so partitions need no root.
 //!
 //! Processes are stopped the way faults stop them: SIGKILL (no flush, no goodbye), SIGSTOP/SIGCONT for pauses.
-//! A killed process is restarted on the same data dir with the same arguments. Everything left running is killed
-//! when the [`LocalCluster`] is dropped.
+//! A killed process, or one that ended by itself (a crash fault's failpoint), is restarted on the same data dir with
+//! the same arguments. Everything left running is killed when the [`LocalCluster`] is dropped.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -66,6 +66,17 @@ impl Proc {
     /// Whether it runs (possibly paused).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Whether it ended by itself (a crash fault's failpoint, a fatal error); if so, reaps it, so it counts as
+    /// stopped and the next heal restarts it.
+    pub fn reap_exited(&mut self) -> bool {
+        let exited = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+        if exited {
+            self.child = None;
+            self.paused = false;
+        }
+        exited
     }
 
     /// Whether it is paused.
@@ -238,8 +249,15 @@ impl LocalCluster {
     pub fn restart(&mut self, id: u64) -> Result<()> {
         let exe = self.exe.clone();
         match self.replicas.get_mut(&id) {
-            Some(p) if !p.is_running() => p.start(&exe),
-            _ => Ok(()),
+            Some(p) => {
+                p.reap_exited();
+                if p.is_running() {
+                    Ok(())
+                } else {
+                    p.start(&exe)
+                }
+            }
+            None => Ok(()),
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod check;
 pub mod checker;
 pub mod deploy;
+pub mod failpoints;
 pub mod history;
 pub mod nemesis;
 pub mod net;

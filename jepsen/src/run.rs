@@ -38,6 +38,8 @@ pub struct RunOptions {
     pub dir: PathBuf,
     /// Random seed (workload choices and the nemesis).
     pub seed: u64,
+    /// Start the replicas with `--storage-mode lose-unsynced`: every crash loses all unflushed writes.
+    pub lose_unsynced: bool,
 }
 
 /// Register keys of the register workload (metadata keys of one holder job).
@@ -68,7 +70,11 @@ pub async fn run(options: &RunOptions) -> Result<Outcome> {
         replicas: options.replicas,
         task_managers: options.task_managers,
         slots: 32,
-        server_args: Vec::new(),
+        server_args: if options.lose_unsynced {
+            vec!["--storage-mode".into(), "lose-unsynced".into()]
+        } else {
+            Vec::new()
+        },
     };
     let addrs = LocalCluster::plan(&local)?;
     let net = Net::start(addrs.iter().map(|(id, a)| (*id, a.raft)).collect()).await?;
@@ -82,6 +88,13 @@ pub async fn run(options: &RunOptions) -> Result<Outcome> {
     if wait_for_leader(&clients, &apis, Duration::from_secs(30)).await.is_none() {
         lock(&cluster).stop();
         bail!("no leader within 30 s: see the replicas' logs in {}", options.dir.display());
+    }
+    if options.faults.iter().any(|f| f.failpoint().is_some()) {
+        let first = apis.values().next().cloned().unwrap_or_default();
+        if let Err(e) = crate::failpoints::require_failpoints(&first).await {
+            lock(&cluster).stop();
+            return Err(e.context("--nemesis has crash faults"));
+        }
     }
     let setup = Arc::new(set_up(&clients, &apis).await?);
     tracing::info!(holder = %setup.holder, "set up; running clients and nemesis");
@@ -372,6 +385,7 @@ async fn run_nemesis(
         let leader = leader(&clients, &apis).await;
         let target = leader.unwrap_or(ids[0]);
         let hold = options.schedule.hold(&mut rng);
+        let mut armed = None;
         let description = match fault {
             Fault::KillLeader | Fault::KillRandom => {
                 let victim = if fault == Fault::KillLeader { target } else { ids[rng.gen_range(0..ids.len())] };
@@ -401,6 +415,18 @@ async fn run_nemesis(
                 }
                 "restart-all".to_string()
             }
+            Fault::CrashBeforeFsync | Fault::CrashAfterFsync | Fault::CrashAfterCheckpointCommit => {
+                // The disk faults hit a follower now and then (followers flush too); a checkpoint commits on the
+                // leader only.
+                let follower_too = fault != Fault::CrashAfterCheckpointCommit && rng.gen_bool(0.25);
+                let victim = if follower_too { ids[rng.gen_range(0..ids.len())] } else { target };
+                let name = fault.failpoint().unwrap_or_default();
+                match crate::failpoints::set(&apis[&victim], name, crate::failpoints::CRASH_ONCE).await {
+                    Ok(()) => armed = Some((victim, name)),
+                    Err(e) => tracing::warn!(victim, failpoint = name, error = %e, "could not arm the failpoint"),
+                }
+                format!("{} {victim}", fault.name())
+            }
             Fault::KillTaskManager => {
                 let numbers: Vec<u64> = lock(&cluster).task_managers.keys().copied().collect();
                 let victim = numbers[rng.gen_range(0..numbers.len())];
@@ -413,7 +439,10 @@ async fn run_nemesis(
         recorder.nemesis("start", &description);
         tracing::info!(fault = %description, "nemesis");
         let hold = if fault == Fault::PauseLeader { hold.max(PAST_LEASE) } else { hold };
-        let stopped = sleep_unless_stopped(hold, &stop).await;
+        let stopped = match armed {
+            Some((victim, name)) => hold_crash(&cluster, &apis[&victim], victim, name, hold, &stop).await,
+            None => sleep_unless_stopped(hold, &stop).await,
+        };
         lock(&net).heal();
         if let Err(e) = lock(&cluster).heal_processes() {
             tracing::warn!(error = %e, "could not restart a process");
@@ -423,6 +452,37 @@ async fn run_nemesis(
             return;
         }
     }
+}
+
+/// Holds a crash fault: waits for replica `victim` to die of failpoint `name` and keeps it down for the rest of the
+/// hold; if it has not died by the end, disarms the failpoint (it must not fire outside its window). True if the
+/// run ended meanwhile.
+async fn hold_crash(
+    cluster: &Mutex<LocalCluster>,
+    api: &str,
+    victim: u64,
+    name: &str,
+    hold: Duration,
+    stop: &AtomicBool,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + hold;
+    let exited = || lock(cluster).replicas.get_mut(&victim).is_some_and(|p| p.reap_exited());
+    while tokio::time::Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        if exited() {
+            tracing::info!(victim, failpoint = name, "the failpoint fired: the replica crashed");
+            return sleep_unless_stopped(deadline - tokio::time::Instant::now(), stop).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Err(e) = crate::failpoints::set(api, name, "off").await {
+        tracing::warn!(victim, failpoint = name, error = %e, "could not disarm the failpoint");
+    }
+    if exited() {
+        tracing::info!(victim, failpoint = name, "the failpoint fired: the replica crashed");
+    } else {
+        tracing::info!(victim, failpoint = name, "the failpoint did not fire within the hold; disarmed");
+    }
+    stop.load(Ordering::Relaxed)
 }
 
 /// Sleeps `d`; true if the run ended meanwhile.
