@@ -306,3 +306,39 @@ impl LocalCluster {
 
 /// How long a pause must last to exceed a leader's lease (the default election maximum is 300 ms).
 pub const PAST_LEASE: Duration = Duration::from_millis(1500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_that_ended_by_itself_is_reaped_and_counts_as_stopped() {
+        let dir = tempfile_dir();
+        let mut proc = Proc {
+            id: 1,
+            args: vec!["-c".into(), "exit 86".into()],
+            log: dir.join("sh.log"),
+            child: None,
+            paused: false,
+        };
+        proc.start(Path::new("/bin/sh")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !proc.reap_exited() {
+            assert!(std::time::Instant::now() < deadline, "sh did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!proc.is_running());
+        // A running one is left alone.
+        proc.args = vec!["-c".into(), "sleep 30".into()];
+        proc.start(Path::new("/bin/sh")).unwrap();
+        assert!(!proc.reap_exited() && proc.is_running());
+        proc.kill();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("jepsen-deploy-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
