@@ -183,6 +183,29 @@ mod with_failpoints {
         assert_everywhere(&cluster, &acked, last_index).await;
     }
 
+    /// Every flush delayed by 200 ms on every replica, on lossy storage, and the whole cluster SIGKILLed the moment a
+    /// write is acknowledged: the write must survive, because nothing is acknowledged before a majority flushed it.
+    /// (A disk writer that ran its durability callbacks before the flush would lose these writes: they would still
+    /// be in the overlays when the kills come.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_acknowledged_while_flushes_are_slow_survives_killing_every_replica_at_once() {
+        // Elections outlast a slow vote flush.
+        let flags = ["--storage-mode", "lose-unsynced", "--failpoint", "disk-before-fsync=sleep(200)"];
+        let timing = ["--heartbeat-ms", "300", "--election-min-ms", "1500", "--election-max-ms", "2500"];
+        let mut cluster = TestCluster::start(3, &[&flags[..], &timing[..]].concat());
+        let mut acked = BTreeSet::new();
+        let mut last_index = 0;
+        for i in 0..3 {
+            cluster.wait_leader(ELECTION).await;
+            let (job, index) = submit_until_acked(&cluster, &format!("slow-flush-{i}")).await;
+            restart_all(&mut cluster);
+            acked.insert(job);
+            last_index = last_index.max(index);
+        }
+        cluster.wait_leader(ELECTION).await;
+        assert_everywhere(&cluster, &acked, last_index).await;
+    }
+
     /// The crash after a flush, combined with the lossy storage: the whole cluster restarted right after that
     /// crash keeps every acknowledged write.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
