@@ -13,6 +13,7 @@
 //! * [`job_master`]: one actor per job (deploy or adopt, checkpoints, restarts, savepoints);
 //! * [`checkpoint`]: the checkpoint coordinator's bookkeeping and the checkpoint storage layout;
 //! * [`taskmanager`]: the TaskManager process, its protocol with the leader and the task runtime;
+//! * [`failpoint`]: named crash points for the chaos suite, compiled in only with the `failpoints` feature;
 //! * [`telemetry`]: latency and size histograms measured as things happen, for `/metrics`;
 //! * [`api`]: gRPC (client API, peer service, TaskManager service);
 //! * [`cli`]: the `jm` command line (server, taskmanager, local cluster, job and cluster commands, benchmarks).
@@ -22,6 +23,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod cluster;
 pub mod dispatcher;
+pub mod failpoint;
 pub mod job_master;
 pub mod jobgraph;
 pub mod leader;

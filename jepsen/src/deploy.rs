@@ -3,8 +3,8 @@
 //! ([`crate::net`]: each replica dials its peers with `--peer-via`), so partitions need no root.
 //!
 //! Processes are stopped the way faults stop them: SIGKILL (no flush, no goodbye), SIGSTOP/SIGCONT for pauses.
-//! A killed process is restarted on the same data dir with the same arguments. Everything left running is killed
-//! when the [`LocalCluster`] is dropped.
+//! A killed process, or one that ended by itself (a crash fault's failpoint), is restarted on the same data dir with
+//! the same arguments. Everything left running is killed when the [`LocalCluster`] is dropped.
 //!
 //! TaskManagers also come and go as a workload (the `churn-taskmanagers` fault): one leaves, by SIGTERM (its
 //! graceful shutdown) or SIGKILL, and stays away ([`LocalCluster::departed`]) across heals until it is brought back
@@ -70,6 +70,17 @@ impl Proc {
     /// Whether it runs (possibly paused).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Whether it ended by itself (a crash fault's failpoint, a fatal error); if so, reaps it, so it counts as
+    /// stopped and the next heal restarts it.
+    pub fn reap_exited(&mut self) -> bool {
+        let exited = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+        if exited {
+            self.child = None;
+            self.paused = false;
+        }
+        exited
     }
 
     /// Whether it is paused.
@@ -319,8 +330,15 @@ impl LocalCluster {
     pub fn restart(&mut self, id: u64) -> Result<()> {
         let exe = self.exe.clone();
         match self.replicas.get_mut(&id) {
-            Some(p) if !p.is_running() => p.start(&exe),
-            _ => Ok(()),
+            Some(p) => {
+                p.reap_exited();
+                if p.is_running() {
+                    Ok(())
+                } else {
+                    p.start(&exe)
+                }
+            }
+            None => Ok(()),
         }
     }
 
@@ -368,3 +386,39 @@ impl LocalCluster {
 
 /// How long a pause must last to exceed a leader's lease (the default election maximum is 300 ms).
 pub const PAST_LEASE: Duration = Duration::from_millis(1500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_that_ended_by_itself_is_reaped_and_counts_as_stopped() {
+        let dir = tempfile_dir();
+        let mut proc = Proc {
+            id: 1,
+            args: vec!["-c".into(), "exit 86".into()],
+            log: dir.join("sh.log"),
+            child: None,
+            paused: false,
+        };
+        proc.start(Path::new("/bin/sh")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !proc.reap_exited() {
+            assert!(std::time::Instant::now() < deadline, "sh did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!proc.is_running());
+        // A running one is left alone.
+        proc.args = vec!["-c".into(), "sleep 30".into()];
+        proc.start(Path::new("/bin/sh")).unwrap();
+        assert!(!proc.reap_exited() && proc.is_running());
+        proc.kill();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("jepsen-deploy-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -50,6 +50,9 @@ pub trait Deployment: Send {
     fn kill_task_manager(&mut self, n: u64) -> Result<()>;
     /// Resume what is paused, restart what was killed.
     fn heal_processes(&mut self) -> Result<()>;
+    /// Whether replica `id` has ended by itself (a crash fault's failpoint fired); it is then restarted at the heal
+    /// like a killed one.
+    fn exited(&mut self, id: u64) -> bool;
 
     /// TaskManagers taking part now (started and not departed by churn).
     fn present_task_managers(&self) -> Vec<u64> {
@@ -156,6 +159,10 @@ impl Deployment for LocalDeployment {
 
     fn heal_processes(&mut self) -> Result<()> {
         self.cluster.heal_processes()
+    }
+
+    fn exited(&mut self, id: u64) -> bool {
+        self.cluster.replicas.get_mut(&id).is_some_and(|p| p.reap_exited())
     }
 
     fn present_task_managers(&self) -> Vec<u64> {

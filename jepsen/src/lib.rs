@@ -9,6 +9,7 @@ pub mod checker;
 pub mod deploy;
 pub mod deployment;
 pub mod docker;
+pub mod failpoints;
 pub mod history;
 pub mod nemesis;
 pub mod net;

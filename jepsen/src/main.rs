@@ -28,7 +28,10 @@ enum Command {
   jepsen run --time 600 --nemesis all --replicas 5
 
   # The same in Docker containers (root; JM_BIN a statically linked jm; jepsen/run --mode docker builds one)
-  jepsen run --time 600 --nemesis all --replicas 5 --mode docker")]
+  jepsen run --time 600 --nemesis all --replicas 5 --mode docker
+
+  # Crashes around fsyncs and checkpoint commits on storage that loses unflushed writes (a failpoint build of jm)
+  JM_BIN=target/failpoints/debug/jm jepsen run --time 120 --nemesis crash,kill-leader --lose-unsynced")]
     Run {
         /// Seconds of workload and faults (the heal and final reads come after).
         #[arg(long, default_value_t = 60)]
@@ -39,9 +42,11 @@ enum Command {
         /// TaskManagers.
         #[arg(long, default_value_t = 2)]
         task_managers: u64,
-        /// Faults: `all`, `smoke`, `none`, or a comma-separated list (kill-leader, kill-random, pause-leader,
-        /// partition-leader, partition-halves, partition-ring, partition-one-way, delay, loss, restart-all,
-        /// kill-taskmanager, churn-taskmanagers).
+        /// Faults: `all`, `smoke`, `crash`, `none`, or a comma-separated list (kill-leader, kill-random,
+        /// pause-leader, partition-leader, partition-halves, partition-ring, partition-one-way, delay, loss,
+        /// restart-all, kill-taskmanager, churn-taskmanagers; and, with a jm built with `--features failpoints`,
+        /// crash-before-fsync, crash-after-fsync, crash-after-checkpoint-commit, which `crash` selects and `all`
+        /// does not).
         #[arg(long, default_value = "smoke")]
         nemesis: String,
         /// Seconds of quiet between faults (randomized ±50%).
@@ -63,6 +68,10 @@ enum Command {
         /// Random seed (default: from the clock; printed).
         #[arg(long)]
         seed: Option<u64>,
+        /// Run the replicas in the test-only storage mode that loses every unflushed write when a process dies
+        /// (`jm server --storage-mode lose-unsynced`), so kills and crash faults lose all they can.
+        #[arg(long)]
+        lose_unsynced: bool,
     },
     /// Check a recorded run's history and logs again.
     #[command(after_long_help = "Examples:
@@ -87,7 +96,19 @@ fn main() {
 async fn real_main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { time, replicas, task_managers, nemesis, interval, hold, concurrency, mode, dir, seed } => {
+        Command::Run {
+            time,
+            replicas,
+            task_managers,
+            nemesis,
+            interval,
+            hold,
+            concurrency,
+            mode,
+            dir,
+            seed,
+            lose_unsynced,
+        } => {
             let mode = match mode.as_str() {
                 "local" => Mode::Local,
                 "docker" => Mode::Docker { prefix: jepsen::docker::run_prefix() },
@@ -124,8 +145,13 @@ async fn real_main() -> i32 {
                 dir: dir.clone(),
                 seed,
                 mode: mode.clone(),
+                lose_unsynced,
             };
-            println!("jepsen: {time} s, {replicas} replicas, nemesis {nemesis}, seed {seed}, report {}", dir.display());
+            let storage = if lose_unsynced { ", storage lose-unsynced" } else { "" };
+            println!(
+                "jepsen: {time} s, {replicas} replicas, nemesis {nemesis}{storage}, seed {seed}, report {}",
+                dir.display()
+            );
             let outcome = tokio::select! {
                 outcome = jepsen::run::run(&options) => outcome,
                 signal = interrupted() => {

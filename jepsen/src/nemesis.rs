@@ -3,7 +3,13 @@
 //!
 //! Every few seconds the scheduler picks one of the enabled [`Fault`]s at random, applies it, holds it, and heals
 //! it (restarting what it killed, resuming what it paused, reconnecting what it cut), then waits before the next.
-//! Faults are composable in the sense Jepsen's are: the run's set is any combination, and `all` enables every one.
+//! Faults are composable in the sense Jepsen's are: the run's set is any combination, and `all` enables every one
+//! that any `jm` binary supports.
+//!
+//! The crash faults ([`Fault::FAILPOINT`], the set `crash`) need a `jm` built with the `failpoints` feature: they
+//! arm a failpoint on a replica through its admin RPC, so it kills itself at a precise point (just before or after a
+//! disk flush, just after a checkpoint's commit), and restart it at the heal. They are not part of `all`; the run
+//! refuses them up front when the binary lacks the feature.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -38,6 +44,12 @@ pub enum Fault {
     KillTaskManager,
     /// TaskManagers join and leave (see [`churn`]): slot leases move between them.
     ChurnTaskManagers,
+    /// A replica (the leader, mostly) crashes just before its next disk flush (fsync); restarted at the heal.
+    CrashBeforeFsync,
+    /// A replica (the leader, mostly) crashes just after its next disk flush, before acknowledging what it flushed.
+    CrashAfterFsync,
+    /// The leader crashes just after committing a completed checkpoint, before acknowledging it to the tasks.
+    CrashAfterCheckpointCommit,
 }
 
 impl Fault {
@@ -56,6 +68,10 @@ impl Fault {
         Fault::KillTaskManager,
         Fault::ChurnTaskManagers,
     ];
+
+    /// The crash faults, which arm a failpoint: only with a `jm` built with `--features failpoints`.
+    pub const FAILPOINT: [Fault; 3] =
+        [Fault::CrashBeforeFsync, Fault::CrashAfterFsync, Fault::CrashAfterCheckpointCommit];
 
     /// The bounded CI run's set: leader kills and partitions.
     pub const SMOKE: [Fault; 4] =
@@ -76,17 +92,31 @@ impl Fault {
             Fault::RestartAll => "restart-all",
             Fault::KillTaskManager => "kill-taskmanager",
             Fault::ChurnTaskManagers => "churn-taskmanagers",
+            Fault::CrashBeforeFsync => "crash-before-fsync",
+            Fault::CrashAfterFsync => "crash-after-fsync",
+            Fault::CrashAfterCheckpointCommit => "crash-after-checkpoint-commit",
+        }
+    }
+
+    /// The `jm` failpoint a crash fault arms (`src/failpoint.rs`), or `None` for the other faults.
+    pub fn failpoint(self) -> Option<&'static str> {
+        match self {
+            Fault::CrashBeforeFsync => Some("disk-before-fsync"),
+            Fault::CrashAfterFsync => Some("disk-after-fsync"),
+            Fault::CrashAfterCheckpointCommit => Some("checkpoint-after-commit"),
+            _ => None,
         }
     }
 }
 
-/// Parses `all`, `smoke`, `none` or a comma-separated list of fault names.
+/// Parses `all`, `smoke`, `crash`, `none` or a comma-separated list of fault names.
 pub fn parse_faults(text: &str) -> Result<Vec<Fault>, String> {
     let mut faults = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part {
             "all" => faults.extend(Fault::ALL),
             "smoke" => faults.extend(Fault::SMOKE),
+            "crash" => faults.extend(Fault::FAILPOINT),
             "none" => {}
             name => faults.push(Fault::from_str(name)?),
         }
@@ -99,9 +129,10 @@ impl FromStr for Fault {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Fault::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
-            let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
-            format!("unknown fault {s:?}; known: all, smoke, none, {}", names.join(", "))
+        let every = || Fault::ALL.into_iter().chain(Fault::FAILPOINT);
+        every().find(|f| f.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = every().map(|f| f.name()).collect();
+            format!("unknown fault {s:?}; known: all, smoke, crash, none, {}", names.join(", "))
         })
     }
 }
@@ -239,5 +270,21 @@ mod tests {
         assert!(parse_faults("none").unwrap().is_empty());
         let error = parse_faults("kill-everything").unwrap_err();
         assert!(error.contains("kill-leader") && error.contains("kill-everything"), "{error}");
+        assert!(error.contains("crash-after-checkpoint-commit"), "{error}");
+    }
+
+    #[test]
+    fn crash_faults_are_a_named_set_outside_all_and_each_names_its_failpoint() {
+        let crash = parse_faults("crash,kill-leader").unwrap();
+        assert_eq!(
+            crash,
+            vec![Fault::CrashBeforeFsync, Fault::CrashAfterFsync, Fault::CrashAfterCheckpointCommit, Fault::KillLeader]
+        );
+        assert!(parse_faults("all").unwrap().iter().all(|f| f.failpoint().is_none()));
+        assert_eq!(Fault::from_str("crash-after-fsync").unwrap().failpoint(), Some("disk-after-fsync"));
+        // The names are jm's: a renamed failpoint there must be renamed here.
+        for fault in Fault::FAILPOINT {
+            assert!(jobmanager::failpoint::ALL.contains(&fault.failpoint().unwrap()), "{fault:?}");
+        }
     }
 }

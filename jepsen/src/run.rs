@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub seed: u64,
     /// Where the cluster runs.
     pub mode: Mode,
+    /// Start the replicas with `--storage-mode lose-unsynced`: every crash loses all unflushed writes.
+    pub lose_unsynced: bool,
 }
 
 /// Where the cluster runs.
@@ -72,6 +74,15 @@ async fn on<T: Send + 'static>(d: &Shared, f: impl FnOnce(&mut dyn Deployment) -
     }
 }
 
+/// Extra `jm server` arguments every replica gets.
+fn server_args(options: &RunOptions) -> Vec<String> {
+    if options.lose_unsynced {
+        vec!["--storage-mode".into(), "lose-unsynced".into()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// Deploys the cluster `options.mode` says.
 async fn deploy(options: &RunOptions) -> Result<Box<dyn Deployment>> {
     match &options.mode {
@@ -80,7 +91,7 @@ async fn deploy(options: &RunOptions) -> Result<Box<dyn Deployment>> {
                 replicas: options.replicas,
                 task_managers: options.task_managers,
                 slots: 32,
-                server_args: Vec::new(),
+                server_args: server_args(options),
             };
             let addrs = LocalCluster::plan(&local)?;
             let net = Net::start(addrs.iter().map(|(id, a)| (*id, a.raft)).collect()).await?;
@@ -96,6 +107,7 @@ async fn deploy(options: &RunOptions) -> Result<Box<dyn Deployment>> {
                 task_managers: options.task_managers,
                 slots: 32,
                 prefix: prefix.clone(),
+                server_args: server_args(options),
             };
             println!("jepsen: docker {version}, jm {}, containers {prefix}-*", jm.display());
             let dir = options.dir.clone();
@@ -165,6 +177,13 @@ pub async fn run(options: &RunOptions) -> Result<Outcome> {
     if wait_for_leader(&clients, &apis, Duration::from_secs(30)).await.is_none() {
         on(&cluster, |d| d.stop()).await;
         bail!("no leader within 30 s: see the replicas' logs in {}", options.dir.display());
+    }
+    if options.faults.iter().any(|f| f.failpoint().is_some()) {
+        let first = apis.values().next().cloned().unwrap_or_default();
+        if let Err(e) = crate::failpoints::require_failpoints(&first).await {
+            on(&cluster, |d| d.stop()).await;
+            return Err(e.context("--nemesis has crash faults"));
+        }
     }
     let setup = Arc::new(set_up(&clients, &apis).await?);
     tracing::info!(holder = %setup.holder, "set up; running clients and nemesis");
@@ -468,6 +487,7 @@ async fn run_nemesis(
         let leader = leader(&clients, &apis).await;
         let target = leader.unwrap_or(ids[0]);
         let hold = options.schedule.hold(&mut rng);
+        let mut armed = None;
         let applied: Result<String> = match fault {
             Fault::KillLeader | Fault::KillRandom => {
                 let victim = if fault == Fault::KillLeader { target } else { ids[rng.gen_range(0..ids.len())] };
@@ -492,6 +512,18 @@ async fn run_nemesis(
             Fault::Delay => on(&cluster, |d| d.delay(Duration::from_millis(50), Duration::from_millis(100))).await,
             Fault::Loss => on(&cluster, |d| d.loss(0.2, Duration::from_millis(200))).await,
             Fault::RestartAll => on(&cluster, |d| d.kill_all()).await.map(|()| "restart-all".to_string()),
+            Fault::CrashBeforeFsync | Fault::CrashAfterFsync | Fault::CrashAfterCheckpointCommit => {
+                // The disk faults hit a follower now and then (followers flush too); a checkpoint commits on the
+                // leader only.
+                let follower_too = fault != Fault::CrashAfterCheckpointCommit && rng.gen_bool(0.25);
+                let victim = if follower_too { ids[rng.gen_range(0..ids.len())] } else { target };
+                let name = fault.failpoint().unwrap_or_default();
+                match crate::failpoints::set(&apis[&victim], name, crate::failpoints::CRASH_ONCE).await {
+                    Ok(()) => armed = Some((victim, name)),
+                    Err(e) => tracing::warn!(victim, failpoint = name, error = %e, "could not arm the failpoint"),
+                }
+                Ok(format!("{} {victim}", fault.name()))
+            }
             Fault::KillTaskManager => {
                 let numbers = lock(&cluster).present_task_managers();
                 if numbers.is_empty() {
@@ -510,7 +542,10 @@ async fn run_nemesis(
         recorder.nemesis("start", &description);
         tracing::info!(fault = %description, "nemesis");
         let hold = if fault == Fault::PauseLeader { hold.max(PAST_LEASE) } else { hold };
-        let stopped = sleep_unless_stopped(hold, &stop).await;
+        let stopped = match armed {
+            Some((victim, name)) => hold_crash(&cluster, &apis[&victim], victim, name, hold, &stop).await,
+            None => sleep_unless_stopped(hold, &stop).await,
+        };
         let reaped = on(&cluster, |d| d.reap_departed()).await;
         for n in reaped {
             eprintln!("jepsen: TaskManager {n} did not exit within the hold after SIGTERM; SIGKILLed");
@@ -551,6 +586,29 @@ async fn churn_task_managers(cluster: &Shared, tm_http: &Mutex<Vec<String>>, rng
         }
         None => Ok("churn-taskmanagers none".to_string()),
     }
+}
+
+/// Holds a crash fault: waits for replica `victim` to die of failpoint `name` and keeps it down for the rest of the
+/// hold; if it has not died by the end, disarms the failpoint (it must not fire outside its window). True if the
+/// run ended meanwhile.
+async fn hold_crash(cluster: &Shared, api: &str, victim: u64, name: &str, hold: Duration, stop: &AtomicBool) -> bool {
+    let deadline = tokio::time::Instant::now() + hold;
+    while tokio::time::Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        if on(cluster, move |d| d.exited(victim)).await {
+            tracing::info!(victim, failpoint = name, "the failpoint fired: the replica crashed");
+            return sleep_unless_stopped(deadline - tokio::time::Instant::now(), stop).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Err(e) = crate::failpoints::set(api, name, "off").await {
+        tracing::warn!(victim, failpoint = name, error = %e, "could not disarm the failpoint");
+    }
+    if on(cluster, move |d| d.exited(victim)).await {
+        tracing::info!(victim, failpoint = name, "the failpoint fired: the replica crashed");
+    } else {
+        tracing::info!(victim, failpoint = name, "the failpoint did not fire within the hold; disarmed");
+    }
+    stop.load(Ordering::Relaxed)
 }
 
 /// Sleeps `d`; true if the run ended meanwhile.

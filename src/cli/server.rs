@@ -28,7 +28,7 @@ use crate::cluster::{Compaction, NodeConfig, ReplicaNode, SystemClock, Timing};
 use crate::dispatcher::Dispatcher;
 use crate::job_master::JobMasterConfig;
 use crate::leader::{LeaderConfig, LeaderServices};
-use crate::raft::{Node, NodeId, SledEngine};
+use crate::raft::{Engine, LossyEngine, Node, NodeId, SledEngine};
 use crate::resource_manager::placement::PlacementPolicy;
 use crate::resource_manager::RmConfig;
 
@@ -117,6 +117,36 @@ pub struct ServerArgs {
     /// the chaos suite puts its fault-injecting proxies here).
     #[arg(long, env = "JM_PEER_VIA")]
     pub peer_via: Option<String>,
+    /// TEST ONLY, UNSAFE: `durable` (the default) or `lose-unsynced`, which keeps every write in memory until its
+    /// flush, so a crash loses all that was not flushed (the chaos suite's `--lose-unsynced`; never in production).
+    #[arg(long, env = "JM_STORAGE_MODE")]
+    pub storage_mode: Option<String>,
+    /// TEST ONLY: arm a failpoint at startup, `NAME=ACTION` (repeatable), e.g. `disk-after-fsync=1*return`; needs
+    /// a binary built with `--features failpoints`.
+    #[arg(long = "failpoint", value_name = "NAME=ACTION")]
+    pub failpoints: Vec<String>,
+}
+
+/// How the replica's storage treats writes not yet flushed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StorageMode {
+    /// sled as it is: what the disk writer flushed survives a crash, and usually more.
+    #[default]
+    Durable,
+    /// Test only: a [`LossyEngine`] over sled; a crash loses everything not flushed.
+    LoseUnsynced,
+}
+
+impl std::str::FromStr for StorageMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "durable" => Ok(Self::Durable),
+            "lose-unsynced" => Ok(Self::LoseUnsynced),
+            other => Err(format!("unknown storage mode {other:?}; known: durable, lose-unsynced (test only)")),
+        }
+    }
 }
 
 /// The TOML file: the same settings as the flags.
@@ -186,6 +216,10 @@ pub struct Resolved {
     pub http_listen: Option<String>,
     /// Peers dialed at another address than their advertised one.
     pub peer_via: HashMap<NodeId, String>,
+    /// How the storage treats unflushed writes (test-only modes are flag-only, never from the file).
+    pub storage_mode: StorageMode,
+    /// Failpoints to arm at startup, `NAME=ACTION`.
+    pub failpoints: Vec<String>,
 }
 
 /// Merges flags, environment and file into a configuration.
@@ -247,6 +281,10 @@ pub fn resolve(args: ServerArgs) -> Result<Resolved> {
         Some(text) => parse_peer_via(&text, &peers, id)?,
         None => HashMap::new(),
     };
+    let storage_mode = match &args.storage_mode {
+        Some(text) => text.parse().map_err(|e| anyhow!("--storage-mode: {e}"))?,
+        None => StorageMode::default(),
+    };
     let node = NodeConfig { id, data_dir, peers, timing, compaction, zone };
     node.validate().map_err(|e| anyhow!(e))?;
     Ok(Resolved {
@@ -256,6 +294,8 @@ pub fn resolve(args: ServerArgs) -> Result<Resolved> {
         api_listen: args.api_listen.or(file.api_listen).unwrap_or(own.api_addr),
         http_listen: args.http_listen.or(file.http_listen),
         peer_via,
+        storage_mode,
+        failpoints: args.failpoints,
     })
 }
 
@@ -297,12 +337,22 @@ async fn run_replica(resolved: Resolved) -> Result<()> {
     let leader_config = resolved.leader;
     tracing::info!(id = config.id, data_dir = %config.data_dir.display(), raft = %resolved.raft_listen,
         api = %resolved.api_listen, "starting replica");
+    for spec in &resolved.failpoints {
+        crate::failpoint::configure_spec(spec).map_err(|e| anyhow!("--failpoint {spec}: {e}"))?;
+    }
     let raft_listener = grpc::bind(&resolved.raft_listen).await.map_err(|e| anyhow!(e))?;
     let api_listener = grpc::bind(&resolved.api_listen).await.map_err(|e| anyhow!(e))?;
-    let engine = SledEngine::open(&config.data_dir.join("raft"))?;
+    let sled: Arc<dyn Engine> = Arc::new(SledEngine::open(&config.data_dir.join("raft"))?);
+    let engine: Arc<dyn Engine> = match resolved.storage_mode {
+        StorageMode::Durable => sled,
+        StorageMode::LoseUnsynced => {
+            tracing::warn!("--storage-mode lose-unsynced: a crash loses every unflushed write (test only)");
+            Arc::new(LossyEngine::new(sled))
+        }
+    };
     let node = ReplicaNode::start(
         config,
-        Arc::new(engine),
+        engine,
         Arc::new(GrpcTransport::new().with_dial_via(resolved.peer_via.clone())),
         Arc::new(SystemClock),
     )
@@ -398,6 +448,12 @@ mod tests {
         assert_eq!(r.node.timing.election_max, Duration::from_millis(800));
         assert_eq!(r.node.timing.leader_lease, Duration::from_millis(800));
         assert_eq!(r.api_listen, "b:2");
+        assert_eq!(r.storage_mode, StorageMode::Durable);
+        let lossy =
+            ServerArgs { config: Some(path.clone()), storage_mode: Some("lose-unsynced".into()), ..Default::default() };
+        assert_eq!(resolve(lossy).unwrap().storage_mode, StorageMode::LoseUnsynced);
+        let bad = ServerArgs { config: Some(path.clone()), storage_mode: Some("fast".into()), ..Default::default() };
+        assert!(format!("{:#}", resolve(bad).err().unwrap()).contains("lose-unsynced"));
         std::fs::write(&path, "idd = 2\n").unwrap();
         let err = resolve(ServerArgs { config: Some(path), ..Default::default() }).err().unwrap();
         assert!(format!("{err:#}").contains("unknown field"));

@@ -779,6 +779,8 @@ impl JobMaster {
             Err(ClusterError::Rejected(e)) => return self.pending_failed(pending, &e.to_string()).await,
             Err(e) => return Err(self.classify(e)),
         };
+        // Committed, not yet acknowledged to anyone: a successor must find it in the log and tell the tasks.
+        crate::failpoint::hit(crate::failpoint::CHECKPOINT_AFTER_COMMIT);
         self.coordinator.completed(id, Instant::now(), completed_at_ms, state_size);
         self.savepoints.remove(&id);
         tracing::debug!(job_id = %self.job_id, checkpoint_id = id, state_size, "checkpoint completed");

@@ -15,7 +15,8 @@
 //! * Slots are leased and the deployment is recorded through Raft before a single task is deployed, so a successor
 //!   always knows what may be running and where.
 //! * A checkpoint counts as completed only once `CompleteCheckpoint` is committed; only then are tasks told, and
-//!   only then do two-phase-commit sinks publish their output.
+//!   only then do two-phase-commit sinks publish their output. (The test-only failpoint `checkpoint-after-commit`,
+//!   [`crate::failpoint`], crashes the replica between the commit and the notification, savepoints included.)
 //! * A job that reached a terminal status is never deployed again.
 //!
 //! # Isolation

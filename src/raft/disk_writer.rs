@@ -14,6 +14,9 @@
 //!   callbacks queued while the previous flush ran share the next flush (group commit);
 //! * after the first engine error every later callback reports an error too: a replica whose disk
 //!   failed stops (openraft treats a storage error as fatal) rather than acknowledge what it lost.
+//!
+//! Failpoints (test builds, [`crate::failpoint`]): `disk-before-fsync` fires just before a group's flush, after
+//! its writes reached the engine; `disk-after-fsync` just after the flush, before any of the group's callbacks.
 
 use std::ops::Bound;
 use std::sync::mpsc;
@@ -102,11 +105,13 @@ fn run(engine: &dyn Engine, rx: mpsc::Receiver<Op>) {
             continue;
         }
         if failed.is_none() {
+            crate::failpoint::hit(crate::failpoint::DISK_BEFORE_FLUSH);
             if let Err(e) = engine.flush() {
                 tracing::error!(error = %e, "disk flush failed; this replica can no longer persist anything");
                 failed = Some(e.to_string());
             }
         }
+        crate::failpoint::hit(crate::failpoint::DISK_AFTER_FLUSH);
         let outcome = match &failed {
             None => Ok(()),
             Some(e) => Err(e.clone()),

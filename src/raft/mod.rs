@@ -5,6 +5,8 @@
 //!
 //! * [`storage`]: a small ordered key-value trait ([`Engine`]) with a sled engine for real replicas and a
 //!   memory engine for tests and simulations;
+//! * [`lossy`]: [`LossyEngine`], a test-only wrapper that keeps writes in memory until a flush, so a crash loses
+//!   exactly what was not yet flushed;
 //! * [`disk_writer`]: the one thread that writes to the engine, in order, with group-committed flushes;
 //! * [`log_store`]: the Raft log, in memory for reads and written behind to the engine;
 //! * [`command`]: the replicated [`Command`]s, an append-only on-disk format, and their results;
@@ -22,6 +24,7 @@
 pub mod command;
 pub mod disk_writer;
 pub mod log_store;
+pub mod lossy;
 pub mod network;
 pub mod state;
 pub mod state_machine;
@@ -35,6 +38,7 @@ pub use command::{
 };
 pub use disk_writer::DiskWriter;
 pub use log_store::{LogStore, DEFAULT_LOG_CACHE_BYTES};
+pub use lossy::LossyEngine;
 pub use network::{Network, PeerCall, PeerTransport, TransportError};
 pub use state::ClusterState;
 pub use state_machine::{SmData, StateHandle, StateMachineStore};

@@ -281,6 +281,8 @@ pub struct DockerOptions {
     pub slots: u32,
     /// The run-unique name prefix (see [`run_prefix`]).
     pub prefix: String,
+    /// Extra `jm server` arguments for every replica (e.g. `--storage-mode lose-unsynced`).
+    pub server_args: Vec<String>,
 }
 
 /// A run-unique prefix: the harness's pid and the clock.
@@ -361,7 +363,8 @@ impl DockerCluster {
         for id in 1..=options.replicas {
             let data = dir.join(format!("node-{id}"));
             std::fs::create_dir_all(&data)?;
-            let args = server_args(id, &peers.join(","));
+            let mut args = server_args(id, &peers.join(","));
+            args.extend(options.server_args.iter().cloned());
             let c = cluster.create(&format!("node-{id}"), replica_ip(id), &data, &checkpoints, &args, "server.log")?;
             cluster.replicas.insert(id, c);
         }
@@ -654,6 +657,20 @@ impl Deployment for DockerCluster {
             c.state = State::Killed;
         }
         Ok(())
+    }
+
+    fn exited(&mut self, id: u64) -> bool {
+        let Some(c) = self.replicas.get_mut(&id) else { return false };
+        if c.state != State::Running {
+            return false;
+        }
+        // A container whose process ended is "exited" to docker; `docker start` brings it back at the heal.
+        let running = docker(&["inspect", "-f", "{{.State.Running}}", &c.name]).map(|out| out.trim() == "true");
+        if matches!(running, Ok(false)) {
+            c.state = State::Killed;
+            return true;
+        }
+        false
     }
 
     fn heal_processes(&mut self) -> Result<()> {

@@ -9,10 +9,14 @@
 //! * `jobmanager.taskmanager.v1.TaskExecutor` ([`taskmanager`]): served by each TaskManager, for the
 //!   leader's JobMasters (deploy, cancel, checkpoints, reconcile), plus the gateways both sides call with.
 //!
+//! * `jobmanager.admin.v1.Admin` ([`admin`]): test-only, on the client API's listener: arms the failpoints of a
+//!   build with the `failpoints` feature.
+//!
 //! Protobuf types stay here: [`convert`] turns domain values into messages, [`status`] maps every
 //! error to a `tonic::Status` with a message a person can act on. [`client::ClusterClient`] is the
 //! client the CLI, the benchmark and the tests use.
 
+pub mod admin;
 pub mod client;
 pub mod convert;
 pub mod peer;
@@ -47,6 +51,12 @@ pub mod pb {
 #[allow(missing_docs, clippy::all)]
 pub mod peer_pb {
     tonic::include_proto!("jobmanager.peer.v1");
+}
+
+/// Generated protobuf types of the admin service.
+#[allow(missing_docs, clippy::all)]
+pub mod admin_pb {
+    tonic::include_proto!("jobmanager.admin.v1");
 }
 
 /// Generated protobuf types of the TaskManager service.
@@ -94,6 +104,7 @@ where
     let api_server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(256)
         .add_service(service::server(dispatcher, task_managers))
+        .add_service(admin::server())
         .serve_with_incoming_shutdown(api, stopped(rx));
     tokio::try_join!(peer_server, api_server)?;
     Ok(())

@@ -10,6 +10,18 @@ use tonic::{Code, Status};
 
 use crate::cluster::ClusterError;
 use crate::dispatcher::DispatchError;
+use crate::failpoint::FailpointError;
+
+impl From<FailpointError> for Status {
+    fn from(e: FailpointError) -> Self {
+        match e {
+            FailpointError::NotCompiled => Status::failed_precondition(e.to_string()),
+            FailpointError::Unknown { .. } | FailpointError::InvalidAction { .. } => {
+                Status::invalid_argument(e.to_string())
+            }
+        }
+    }
+}
 
 impl From<DispatchError> for Status {
     fn from(e: DispatchError) -> Self {
