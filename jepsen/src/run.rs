@@ -411,19 +411,19 @@ async fn final_reads(
     tm_http: &[String],
 ) {
     let process = recorder.new_process();
+    let deadline = tokio::time::Instant::now() + FINAL_READ_PATIENCE;
     for (id, addr) in apis {
         let node = Some(*id);
-        w::record(recorder, process, "read-jobs", None, Value::Null, node, w::read_jobs(clients.client(addr))).await;
+        final_read(recorder, "read-jobs", None, node, deadline, || w::read_jobs(clients.client(addr))).await;
         for job in &setup.checkpoint_jobs {
-            let op = w::read_checkpoints(clients.client(addr), job);
-            w::record(recorder, process, "read-checkpoints", Some(job.clone()), Value::Null, node, op).await;
+            let read = || w::read_checkpoints(clients.client(addr), job);
+            final_read(recorder, "read-checkpoints", Some(job.clone()), node, deadline, read).await;
         }
         for key in REGISTER_KEYS {
-            let op = w::read(clients.client(addr), &setup.holder, key);
-            w::record(recorder, process, "read", Some(key.to_string()), Value::Null, node, op).await;
+            let read = || w::read(clients.client(addr), &setup.holder, key);
+            final_read(recorder, "read", Some(key.to_string()), node, deadline, read).await;
         }
-        let op = w::read_leases(clients.client(addr));
-        w::record(recorder, process, "read-leases", None, Value::Null, node, op).await;
+        final_read(recorder, "read-leases", None, node, deadline, || w::read_leases(clients.client(addr))).await;
     }
     for http in tm_http {
         let op = w::tm_deployments(http);
@@ -609,6 +609,34 @@ async fn hold_crash(cluster: &Shared, api: &str, victim: u64, name: &str, hold: 
         tracing::info!(victim, failpoint = name, "the failpoint did not fire within the hold; disarmed");
     }
     stop.load(Ordering::Relaxed)
+}
+
+/// How long the final reads keep retrying, all together: right after the heal a new leader may still be applying
+/// what its predecessors committed (reads are refused until it has), and on a loaded machine elections can repeat.
+const FINAL_READ_PATIENCE: Duration = Duration::from_secs(30);
+
+/// One final read, retried until it succeeds or `deadline` passes; every attempt is in the history. An attempt
+/// whose outcome is unknown may still be in flight, so the next one runs as a new process (Jepsen's rule: a
+/// process never has two operations open).
+async fn final_read<F, Fut>(
+    recorder: &Recorder,
+    f: &str,
+    key: Option<String>,
+    node: Option<u64>,
+    deadline: tokio::time::Instant,
+    read: F,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = w::Outcome>,
+{
+    loop {
+        let process = recorder.new_process();
+        let outcome = w::record(recorder, process, f, key.clone(), Value::Null, node, read()).await;
+        if outcome == OpType::Ok || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Sleeps `d`; true if the run ended meanwhile.
