@@ -39,7 +39,7 @@ pub mod delayer;
 pub mod image;
 pub mod links;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -71,6 +71,8 @@ pub const TM_HTTP_PORT: u16 = 8081;
 
 /// How many times a `docker pause` is tried before the fault is reported as not applied.
 const PAUSE_ATTEMPTS: u64 = 3;
+/// TaskManagers a run can start (initial ones and churn's newcomers): `.101` to `.250` of the run's /24.
+const MAX_TASK_MANAGERS: u64 = 150;
 
 /// What can go wrong with Docker itself; each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -324,13 +326,21 @@ pub struct DockerCluster {
     /// Whether a qdisc may be installed (so heals must remove it).
     qdiscs: bool,
     stopped: bool,
+    /// What a TaskManager that joins later needs: the report dir, the network's first three octets, the replicas'
+    /// API addresses and the slots per TaskManager.
+    dir: PathBuf,
+    base: [u8; 3],
+    apis: String,
+    slots: u32,
+    /// TaskManagers that left by churn: they stay down across heals until they come back.
+    departed: BTreeSet<u64>,
 }
 
 impl DockerCluster {
     /// Builds (or reuses) the image of `jm`, creates the network, starts the replicas and TaskManagers, and probes
     /// what the kernel supports. On error everything created so far is removed.
     pub fn start(dir: &Path, options: &DockerOptions, jm: &Path) -> Result<Self> {
-        if options.replicas > 89 || options.task_managers > 150 {
+        if options.replicas > 89 || options.task_managers > MAX_TASK_MANAGERS {
             bail!("the docker mode addresses at most 89 replicas and 150 TaskManagers on its /24");
         }
         let removed = remove_stale();
@@ -351,12 +361,16 @@ impl DockerCluster {
             delayers: BTreeMap::new(),
             qdiscs: false,
             stopped: false,
+            dir: dir.to_path_buf(),
+            base,
+            apis: String::new(),
+            slots: options.slots,
+            departed: BTreeSet::new(),
         };
         // From here on, Drop removes whatever was created if a step fails.
         let checkpoints = dir.join("checkpoints");
         std::fs::create_dir_all(&checkpoints)?;
         let replica_ip = |id: u64| Ipv4Addr::new(base[0], base[1], base[2], 10 + id as u8);
-        let tm_ip = |n: u64| Ipv4Addr::new(base[0], base[1], base[2], 100 + n as u8);
         let peers: Vec<String> = (1..=options.replicas)
             .map(|id| format!("{id}={ip}:{RAFT_PORT}/{ip}:{API_PORT}", ip = replica_ip(id)))
             .collect();
@@ -369,18 +383,31 @@ impl DockerCluster {
             cluster.replicas.insert(id, c);
         }
         let apis: Vec<String> = (1..=options.replicas).map(|id| format!("{}:{API_PORT}", replica_ip(id))).collect();
-        for n in 1..=options.task_managers {
-            let data = dir.join(format!("tm-{n}"));
-            std::fs::create_dir_all(&data)?;
-            let args = task_manager_args(tm_ip(n), &apis.join(","), options.slots);
-            let c = cluster.create(&format!("tm-{n}"), tm_ip(n), &data, &checkpoints, &args, "taskmanager.log")?;
-            cluster.task_managers.insert(n, c);
+        cluster.apis = apis.join(",");
+        for _ in 0..options.task_managers {
+            cluster.start_task_manager()?;
         }
         cluster.delay = cluster.probe_delay();
         let method = *cluster.delay.as_ref().unwrap_or(&DelayMethod::Netem);
         cluster.links =
             Links::new(cluster.replicas.iter().map(|(id, c)| (*id, c.ip)).collect()).with_delay_method(method);
         Ok(cluster)
+    }
+
+    /// Creates and starts the next TaskManager (a fresh data dir, so a fresh id, and the next address); its number.
+    fn start_task_manager(&mut self) -> Result<u64> {
+        let n = self.task_managers.keys().next_back().map_or(1, |last| last + 1);
+        if n > MAX_TASK_MANAGERS {
+            bail!("the docker mode addresses at most {MAX_TASK_MANAGERS} TaskManagers on its /24");
+        }
+        let ip = Ipv4Addr::new(self.base[0], self.base[1], self.base[2], 100 + n as u8);
+        let data = self.dir.join(format!("tm-{n}"));
+        let checkpoints = self.dir.join("checkpoints");
+        std::fs::create_dir_all(&data)?;
+        let args = task_manager_args(ip, &self.apis, self.slots);
+        let c = self.create(&format!("tm-{n}"), ip, &data, &checkpoints, &args, "taskmanager.log")?;
+        self.task_managers.insert(n, c);
+        Ok(n)
     }
 
     /// Creates and starts one container.
@@ -590,9 +617,6 @@ impl Deployment for DockerCluster {
     fn unsupported(&self, fault: Fault) -> Option<String> {
         match fault {
             Fault::Delay => self.delay.as_ref().err().cloned(),
-            Fault::ChurnTaskManagers => {
-                Some("TaskManager churn (leave, join with a fresh id, come back) runs in local mode only".to_string())
-            }
             _ => None,
         }
     }
@@ -659,6 +683,52 @@ impl Deployment for DockerCluster {
         Ok(())
     }
 
+    fn present_task_managers(&self) -> Vec<u64> {
+        self.task_managers.keys().copied().filter(|n| !self.departed.contains(n)).collect()
+    }
+
+    fn departed_task_managers(&self) -> Vec<u64> {
+        self.departed.iter().copied().collect()
+    }
+
+    fn leave_task_manager(&mut self, n: u64, graceful: bool) -> Result<()> {
+        let c = self.task_managers.get_mut(&n).with_context(|| format!("no TaskManager {n}"))?;
+        if c.state == State::Paused {
+            docker(&["unpause", &c.name])?;
+        }
+        // `docker kill --signal TERM` returns at once; a TaskManager that ignores it is reaped after the hold.
+        docker(&["kill", "--signal", if graceful { "TERM" } else { "KILL" }, &c.name])?;
+        c.state = State::Killed;
+        self.departed.insert(n);
+        Ok(())
+    }
+
+    fn add_task_manager(&mut self) -> Result<(u64, String)> {
+        let n = self.start_task_manager()?;
+        Ok((n, format!("{}:{TM_HTTP_PORT}", self.task_managers[&n].ip)))
+    }
+
+    fn return_task_manager(&mut self, n: u64) -> Result<()> {
+        self.reap_departed();
+        let c = self.task_managers.get_mut(&n).with_context(|| format!("no TaskManager {n}"))?;
+        docker(&["start", &c.name])?;
+        c.state = State::Running;
+        self.departed.remove(&n);
+        Ok(())
+    }
+
+    fn reap_departed(&mut self) -> Vec<u64> {
+        let mut killed = Vec::new();
+        for n in &self.departed {
+            let c = &self.task_managers[n];
+            let running = docker(&["inspect", "-f", "{{.State.Running}}", &c.name]).is_ok_and(|o| o.trim() == "true");
+            if running && Self::kill_names(std::slice::from_ref(&c.name)).is_ok() {
+                killed.push(*n);
+            }
+        }
+        killed
+    }
+
     fn exited(&mut self, id: u64) -> bool {
         let Some(c) = self.replicas.get_mut(&id) else { return false };
         if c.state != State::Running {
@@ -692,8 +762,10 @@ impl Deployment for DockerCluster {
                 Self::start_container(c)?;
             }
         }
-        for c in self.task_managers.values_mut() {
-            Self::start_container(c)?;
+        for (n, c) in &mut self.task_managers {
+            if !self.departed.contains(n) {
+                Self::start_container(c)?;
+            }
         }
         if !self.links.is_healthy() {
             for id in restarted {
@@ -953,6 +1025,11 @@ mod tests {
             delayers: BTreeMap::new(),
             qdiscs: false,
             stopped: false,
+            dir: dir.clone(),
+            base,
+            apis: String::new(),
+            slots: 1,
+            departed: BTreeSet::new(),
         };
         for id in 1..=3u64 {
             let data = dir.join(format!("node-{id}"));
@@ -996,6 +1073,23 @@ mod tests {
         assert!((1..=3).all(|id| container_state(&cluster.replicas[&id].name) == "exited"));
         cluster.heal_processes().unwrap();
         assert!((1..=3).all(|id| container_state(&cluster.replicas[&id].name) == "running"));
+
+        // Churn: TaskManagers join at the next addresses, leave and stay away across heals, and come back.
+        let (first, http) = cluster.add_task_manager().unwrap();
+        let (second, _) = cluster.add_task_manager().unwrap();
+        assert_eq!((first, second), (1, 2));
+        assert_eq!(http, format!("{}.{}.{}.101:{TM_HTTP_PORT}", base[0], base[1], base[2]));
+        cluster.leave_task_manager(first, false).unwrap();
+        cluster.leave_task_manager(second, true).unwrap();
+        assert!(cluster.present_task_managers().is_empty());
+        cluster.heal_processes().unwrap();
+        assert_eq!(container_state(&cluster.task_managers[&first].name), "exited", "departed ones stay down");
+        // The pause loop, PID 1 without a SIGTERM handler, ignores SIGTERM: the reaper SIGKILLs it.
+        assert_eq!(cluster.reap_departed(), vec![second]);
+        assert_eq!(container_state(&cluster.task_managers[&second].name), "exited");
+        cluster.return_task_manager(first).unwrap();
+        assert_eq!(container_state(&cluster.task_managers[&first].name), "running");
+        assert_eq!((cluster.present_task_managers(), cluster.departed_task_managers()), (vec![first], vec![second]));
 
         drop(cluster);
         let left = docker(&["ps", "-aq", "--filter", &format!("label={RUN_LABEL}={prefix}")]).unwrap();
