@@ -93,7 +93,7 @@ use tonic::transport::server::Connected;
 use tonic::transport::{Endpoint, Uri};
 
 /// Seeds per `cargo test` run unless `JM_SIM_SEEDS` says otherwise.
-const DEFAULT_SEEDS: u64 = 4;
+const DEFAULT_SEEDS: u64 = 8;
 /// Seeds simulated at once.
 const SEED_THREADS: usize = 2;
 /// Replicas per simulated cluster.
