@@ -74,6 +74,19 @@ async fn on<T: Send + 'static>(d: &Shared, f: impl FnOnce(&mut dyn Deployment) -
     }
 }
 
+/// Refuses a report directory that already holds something: the replicas' data dirs live in it, and replicas
+/// started on an earlier run's data would bring its writes back, which the checkers rightly call invalid.
+fn refuse_used_dir(dir: &std::path::Path) -> Result<()> {
+    let used = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
+    if used {
+        bail!(
+            "--dir {} is not empty (an earlier run's report and data dirs?); choose a new directory or remove it",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Extra `jm server` arguments every replica gets.
 fn server_args(options: &RunOptions) -> Vec<String> {
     if options.lose_unsynced {
@@ -162,6 +175,7 @@ pub struct Outcome {
 
 /// Runs the whole thing.
 pub async fn run(options: &RunOptions) -> Result<Outcome> {
+    refuse_used_dir(&options.dir)?;
     std::fs::create_dir_all(&options.dir).with_context(|| format!("cannot create {}", options.dir.display()))?;
     let deployment = deploy(options).await?;
     let (faults, skipped) = supported_faults(deployment.as_ref(), &options.faults)?;
@@ -649,4 +663,20 @@ async fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
         tokio::time::sleep(Duration::from_millis(50).min(deadline - tokio::time::Instant::now())).await;
     }
     stop.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_report_dir_holding_an_earlier_run_is_refused() {
+        let dir = std::env::temp_dir().join(format!("jepsen-used-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        super::refuse_used_dir(&dir).expect("a missing dir is fine");
+        std::fs::create_dir_all(dir.join("node-1")).unwrap();
+        let error = super::refuse_used_dir(&dir).unwrap_err().to_string();
+        assert!(error.contains("is not empty"), "{error}");
+        std::fs::remove_dir_all(dir.join("node-1")).unwrap();
+        super::refuse_used_dir(&dir).expect("an empty dir is fine");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
