@@ -39,11 +39,12 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::delayer::QUEUE;
-use crate::net::{groups_string, list_string, ring_visibility};
+use crate::net::{
+    groups_string, majority_minority_groups, partition_flows, ring_description, ring_flows, ring_visibility,
+};
 
 /// The interface every container has on the run's network.
 pub const IFACE: &str = "eth0";
@@ -148,21 +149,7 @@ impl Links {
     ///
     /// If a node is unknown or in two groups.
     pub fn partition(&mut self, groups: &[Vec<u64>]) -> String {
-        let mut group_of = BTreeMap::new();
-        for (g, group) in groups.iter().enumerate() {
-            for &node in group {
-                assert!(self.ips.contains_key(&node), "unknown node {node} in {groups:?}");
-                assert!(group_of.insert(node, g).is_none(), "node {node} is in two groups of {groups:?}");
-            }
-        }
-        let mut flows = BTreeSet::new();
-        for (&a, ga) in &group_of {
-            for (&b, gb) in &group_of {
-                if ga != gb {
-                    flows.insert((a, b));
-                }
-            }
-        }
+        let flows = partition_flows(&self.nodes(), groups);
         self.set_blocked(flows, format!("partition {}", groups_string(groups)))
     }
 
@@ -177,11 +164,7 @@ impl Links {
 
     /// A random majority and minority that exchange nothing.
     pub fn majority_minority(&mut self, rng: &mut impl Rng) -> String {
-        let mut shuffled = self.nodes();
-        shuffled.shuffle(rng);
-        let (majority, minority) = shuffled.split_at(shuffled.len() / 2 + 1);
-        let mut groups = vec![majority.to_vec(), minority.to_vec()];
-        groups.iter_mut().for_each(|g| g.sort_unstable());
+        let groups = majority_minority_groups(&self.nodes(), rng);
         self.partition(&groups)
     }
 
@@ -189,19 +172,7 @@ impl Links {
     pub fn ring(&mut self, rng: &mut impl Rng) -> String {
         let nodes = self.nodes();
         let visible = ring_visibility(&nodes, rng);
-        let mut flows = BTreeSet::new();
-        for (&a, seen) in &visible {
-            for &b in nodes.iter().filter(|b| !seen.contains(b)) {
-                flows.insert((a, b));
-                flows.insert((b, a));
-            }
-        }
-        let mut description = "ring".to_string();
-        for (node, seen) in &visible {
-            let seen: Vec<u64> = seen.iter().copied().collect();
-            let _ = write!(description, " {node}:{}", list_string(&seen));
-        }
-        self.set_blocked(flows, description)
+        self.set_blocked(ring_flows(&nodes, &visible), ring_description(&visible))
     }
 
     /// Flow `from→to` blocked, `to→from` passing.

@@ -185,21 +185,7 @@ impl Net {
     ///
     /// If a node is unknown or in two groups.
     pub fn partition(&mut self, groups: &[Vec<u64>]) -> String {
-        let mut group_of = BTreeMap::new();
-        for (g, group) in groups.iter().enumerate() {
-            for &node in group {
-                assert!(self.nodes.contains(&node), "unknown node {node} in {groups:?}");
-                assert!(group_of.insert(node, g).is_none(), "node {node} is in two groups of {groups:?}");
-            }
-        }
-        let mut flows = BTreeSet::new();
-        for (&a, ga) in &group_of {
-            for (&b, gb) in &group_of {
-                if ga != gb {
-                    flows.insert((a, b));
-                }
-            }
-        }
+        let flows = partition_flows(&self.nodes, groups);
         self.set_blocked(flows, format!("partition {}", groups_string(groups)))
     }
 
@@ -214,11 +200,7 @@ impl Net {
 
     /// A random split into a majority and a minority (`n/2 + 1` and the rest), which exchange nothing.
     pub fn majority_minority(&mut self, rng: &mut impl Rng) -> Split {
-        let mut shuffled = self.nodes.clone();
-        shuffled.shuffle(rng);
-        let (majority, minority) = shuffled.split_at(self.nodes.len() / 2 + 1);
-        let mut groups = vec![majority.to_vec(), minority.to_vec()];
-        groups.iter_mut().for_each(|g| g.sort_unstable());
+        let groups = majority_minority_groups(&self.nodes, rng);
         let description = self.partition(&groups);
         Split { groups, description }
     }
@@ -237,21 +219,7 @@ impl Net {
     /// With fewer than 3 nodes: two nodes cannot see distinct majorities.
     pub fn ring(&mut self, rng: &mut impl Rng) -> Ring {
         let visible = ring_visibility(&self.nodes, rng);
-        let mut flows = BTreeSet::new();
-        for (&a, seen) in &visible {
-            for &b in &self.nodes {
-                if !seen.contains(&b) {
-                    flows.insert((a, b));
-                    flows.insert((b, a));
-                }
-            }
-        }
-        let mut description = "ring".to_string();
-        for (node, seen) in &visible {
-            let seen: Vec<u64> = seen.iter().copied().collect();
-            let _ = write!(description, " {node}:{}", list_string(&seen));
-        }
-        let description = self.set_blocked(flows, description);
+        let description = self.set_blocked(ring_flows(&self.nodes, &visible), ring_description(&visible));
         Ring { visible, description }
     }
 
@@ -341,6 +309,62 @@ pub(crate) fn list_string(nodes: &[u64]) -> String {
 
 pub(crate) fn groups_string(groups: &[Vec<u64>]) -> String {
     format!("[{}]", groups.iter().map(|g| list_string(g)).collect::<Vec<_>>().join(","))
+}
+
+/// The flows a partition into `groups` blocks: every direction between nodes of different groups.
+///
+/// # Panics
+///
+/// If a node is not in `nodes` or is in two groups.
+pub(crate) fn partition_flows(nodes: &[u64], groups: &[Vec<u64>]) -> BTreeSet<(u64, u64)> {
+    let mut group_of = BTreeMap::new();
+    for (g, group) in groups.iter().enumerate() {
+        for &node in group {
+            assert!(nodes.contains(&node), "unknown node {node} in {groups:?}");
+            assert!(group_of.insert(node, g).is_none(), "node {node} is in two groups of {groups:?}");
+        }
+    }
+    let mut flows = BTreeSet::new();
+    for (&a, ga) in &group_of {
+        for (&b, gb) in &group_of {
+            if ga != gb {
+                flows.insert((a, b));
+            }
+        }
+    }
+    flows
+}
+
+/// A random majority (`n/2 + 1` nodes) and minority, each sorted.
+pub(crate) fn majority_minority_groups(nodes: &[u64], rng: &mut impl Rng) -> Vec<Vec<u64>> {
+    let mut shuffled = nodes.to_vec();
+    shuffled.shuffle(rng);
+    let (majority, minority) = shuffled.split_at(nodes.len() / 2 + 1);
+    let mut groups = vec![majority.to_vec(), minority.to_vec()];
+    groups.iter_mut().for_each(|g| g.sort_unstable());
+    groups
+}
+
+/// The flows a majorities ring blocks: both directions between nodes that do not see each other.
+pub(crate) fn ring_flows(nodes: &[u64], visible: &BTreeMap<u64, BTreeSet<u64>>) -> BTreeSet<(u64, u64)> {
+    let mut flows = BTreeSet::new();
+    for (&a, seen) in visible {
+        for &b in nodes.iter().filter(|b| !seen.contains(b)) {
+            flows.insert((a, b));
+            flows.insert((b, a));
+        }
+    }
+    flows
+}
+
+/// `ring 1:[1,2] 2:[1,2,3] ...`: who sees whom.
+pub(crate) fn ring_description(visible: &BTreeMap<u64, BTreeSet<u64>>) -> String {
+    let mut description = "ring".to_string();
+    for (node, seen) in visible {
+        let seen: Vec<u64> = seen.iter().copied().collect();
+        let _ = write!(description, " {node}:{}", list_string(&seen));
+    }
+    description
 }
 
 /// Per node, the (symmetric) set of nodes it sees in a majorities ring. See [`Net::ring`].
