@@ -258,8 +258,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The leader any replica knows of.
-async fn leader(clients: &Clients, apis: &BTreeMap<u64, String>) -> Option<u64> {
+/// The leader any replica knows of (each asked for at most 800 ms).
+pub async fn leader(clients: &Clients, apis: &BTreeMap<u64, String>) -> Option<u64> {
     for addr in apis.values() {
         let mut c = clients.client(addr);
         let call = c.cluster_status(jobmanager::api::grpc::pb::ClusterStatusRequest {});
@@ -272,7 +272,8 @@ async fn leader(clients: &Clients, apis: &BTreeMap<u64, String>) -> Option<u64> 
     None
 }
 
-async fn wait_for_leader(clients: &Clients, apis: &BTreeMap<u64, String>, timeout: Duration) -> Option<u64> {
+/// The leader, once some replica knows of one; `None` after `timeout`.
+pub async fn wait_for_leader(clients: &Clients, apis: &BTreeMap<u64, String>, timeout: Duration) -> Option<u64> {
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
         if let Some(id) = leader(clients, apis).await {

@@ -74,6 +74,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use jepsen::checker::{self, Validity, Verdict};
 use jepsen::history::{Op, OpType};
 use jepsen::recorder::Recorder;
+use jepsen::run::wait_for_leader;
 use jepsen::workload::{self as w, Clients};
 use jobmanager::api::grpc::taskmanager::GrpcTaskExecutorGateway;
 use jobmanager::api::grpc::{self, Connector, GrpcTransport};
@@ -539,31 +540,6 @@ struct Ctx {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The leader some replica knows of.
-async fn leader(clients: &Clients, apis: &BTreeMap<NodeId, String>) -> Option<NodeId> {
-    for addr in apis.values() {
-        let mut c = clients.client(addr);
-        let call = c.cluster_status(jobmanager::api::grpc::pb::ClusterStatusRequest {});
-        if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_millis(800), call).await {
-            if let Some(leader) = reply.into_inner().leader {
-                return Some(leader);
-            }
-        }
-    }
-    None
-}
-
-async fn wait_for_leader(clients: &Clients, apis: &BTreeMap<NodeId, String>, timeout: Duration) -> Option<NodeId> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if let Some(id) = leader(clients, apis).await {
-            return Some(id);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    None
 }
 
 /// Submits the job whose metadata holds the registers, retrying through the replicas.
