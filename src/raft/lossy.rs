@@ -239,15 +239,7 @@ mod tests {
             engine.flush().unwrap();
             engine.write(vec![set("unsynced", "2"), del("flushed")]).unwrap();
         }
-        let mut reopened = SledEngine::open(dir.path());
-        for _ in 0..50 {
-            if reopened.is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            reopened = SledEngine::open(dir.path());
-        }
-        let engine = LossyEngine::new(Arc::new(reopened.unwrap()));
+        let engine = LossyEngine::new(Arc::new(crate::raft::storage::tests::reopen_sled(dir.path())));
         assert_eq!(keys(engine.scan(Bound::Unbounded, Bound::Unbounded).unwrap()), ["flushed=1"]);
     }
 

@@ -188,8 +188,21 @@ impl Engine for MemoryEngine {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Opens the sled engine in `dir` again after a drop, waiting for sled's threads to release the file lock.
+    pub(crate) fn reopen_sled(dir: &Path) -> SledEngine {
+        let mut reopened = SledEngine::open(dir);
+        for _ in 0..50 {
+            if reopened.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            reopened = SledEngine::open(dir);
+        }
+        reopened.expect("sled reopens")
+    }
 
     fn exercise(engine: &dyn Engine) {
         engine.write(vec![(b"a".to_vec(), Some(b"1".to_vec())), (b"b".to_vec(), Some(b"2".to_vec()))]).unwrap();
@@ -217,15 +230,6 @@ mod tests {
             let engine = SledEngine::open(dir.path()).unwrap();
             exercise(&engine);
         }
-        // sled's threads may hold the file lock for a moment after the drop.
-        let mut reopened = SledEngine::open(dir.path());
-        for _ in 0..50 {
-            if reopened.is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            reopened = SledEngine::open(dir.path());
-        }
-        assert_eq!(reopened.unwrap().get(b"c").unwrap(), Some(b"3".to_vec()));
+        assert_eq!(reopen_sled(dir.path()).get(b"c").unwrap(), Some(b"3".to_vec()));
     }
 }

@@ -43,7 +43,8 @@ use rand::Rng;
 
 use super::delayer::QUEUE;
 use crate::net::{
-    groups_string, majority_minority_groups, partition_flows, ring_description, ring_flows, ring_visibility,
+    describe_faults, groups_string, majority_minority_groups, partition_flows, ring_description, ring_flows,
+    ring_visibility,
 };
 
 /// The interface every container has on the run's network.
@@ -203,12 +204,7 @@ impl Links {
 
     /// The current faults in the words of [`crate::net::Net::describe`]; `healthy` if none.
     pub fn describe(&self) -> String {
-        let parts: Vec<&str> = self.blocking.iter().chain(&self.link_description).map(String::as_str).collect();
-        if parts.is_empty() {
-            "healthy".to_string()
-        } else {
-            parts.join("; ")
-        }
+        describe_faults(self.blocking.as_deref(), self.link_description.as_deref())
     }
 
     /// The complete `filter` table for `node`'s namespace, as `iptables-restore` reads it: a DROP per blocked flow

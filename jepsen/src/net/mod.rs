@@ -251,12 +251,7 @@ impl Net {
 
     /// The current fault, e.g. `partition [[1],[2,3]]` or `one-way 1->2; delay 50ms+0..10ms`; `healthy` if none.
     pub fn describe(&self) -> String {
-        let parts: Vec<&str> = self.blocking.iter().chain(&self.link_description).map(String::as_str).collect();
-        if parts.is_empty() {
-            "healthy".to_string()
-        } else {
-            parts.join("; ")
-        }
+        describe_faults(self.blocking.as_deref(), self.link_description.as_deref())
     }
 
     /// Closes (RST) every open connection from or to `node`, as if it had crashed: its peers must reconnect.
@@ -300,6 +295,16 @@ impl Net {
             proxy.set(Direction::Upstream, fault(i, j));
             proxy.set(Direction::Downstream, fault(j, i));
         }
+    }
+}
+
+/// The blocking fault and the link fault in force, joined (`one-way 1->2; delay 50ms+0..10ms`); `healthy` if none.
+pub(crate) fn describe_faults(blocking: Option<&str>, link: Option<&str>) -> String {
+    let parts: Vec<&str> = blocking.into_iter().chain(link).collect();
+    if parts.is_empty() {
+        "healthy".to_string()
+    } else {
+        parts.join("; ")
     }
 }
 
