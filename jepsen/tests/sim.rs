@@ -29,30 +29,34 @@
 //! # Seeds
 //!
 //! `cargo test -p jepsen --test sim` runs `JM_SIM_SEEDS` seeds (default [`DEFAULT_SEEDS`]) starting at
-//! `JM_SIM_FIRST_SEED` (default 1); `JM_SIM_SEED=S` runs only seed `S`. A failing seed panics with the checkers'
-//! verdicts and the command that replays it; `JM_SIM_LOG=info` (an env-filter) prints the replicas' logs.
+//! `JM_SIM_FIRST_SEED` (default 1), each in a process of its own, two at a time; `JM_SIM_SEED=S` runs only seed `S`,
+//! in the test's own process. A failing seed panics with the checkers' verdicts and the command that replays it
+//! (`JM_SIM_HISTORY_DIR=D` keeps each seed's history as `D/sim-S.jsonl`); `JM_SIM_LOG=info` (an env-filter) prints the replicas' logs.
 //! [`restart_all_reads_the_last_acknowledged_write`] is the pinned regression scenario of the bug the chaos suite
 //! found (see its doc).
 //!
-//! # What is deterministic, and what is not
+//! # What is deterministic
 //!
+//! Everything: a seed replays its run event for event ([`a_seed_replays_event_for_event`] checks it on every CI run).
 //! The seed fixes turmoil's network (message latencies and the order of delivery), the fault schedule, the
-//! workload's choices and every host's wall clock. openraft draws each replica's election timeout from
-//! `rand::thread_rng()`; the simulation makes that draw constant by configuring a one-millisecond range, so elections
-//! are timed by the replicas' own logic (`campaign.rs` stands for election first). What the seed does not fix:
+//! workload's choices and every host's wall clock, and the rest was made to follow it:
 //!
-//! * the disk writer is a real thread (`src/raft/disk_writer.rs`): how many virtual milliseconds pass before a flush
-//!   is reported durable depends on the OS scheduler, and so does which unflushed writes a crash loses. This is the
-//!   big one: the same seed run twice diverges from the first operation (the first election ends at a different
-//!   virtual time). With the disk writer applying writes inline (tried locally, not in the product) two runs of a
-//!   seed recorded the same first 715 of about 2,450 events (7.6 s of virtual time), job ids aside;
-//! * tokio's `select!` picks among ready branches with the runtime's own RNG, seeded from the OS unless tokio is
-//!   built with `--cfg tokio_unstable` (turmoil then seeds it from the simulation's seed); `HashMap` iteration order
-//!   is per process; job ids and request ids are random. These explain the later divergence in the experiment above.
+//! * storage does its work on the caller's task: [`SimDisk`] says it never blocks ([`Engine::never_blocks`]), so
+//!   the disk writer and snapshot encoding run inline instead of on a thread whose scheduling would decide how
+//!   much virtual time a flush takes;
+//! * job ids come from a generator seeded per replica and incarnation ([`Dispatcher::with_id_seed`]);
+//! * openraft draws each replica's election timeout from `rand::thread_rng()`; the simulation makes that draw
+//!   constant by configuring a one-millisecond range, so elections are timed by the replicas' own logic
+//!   (`campaign.rs` stands for election first);
+//! * tokio's `select!` picks among ready branches with its runtime's RNG, which turmoil seeds from the simulation's
+//!   seed when tokio is built with `--cfg tokio_unstable` (`.cargo/config.toml` sets it; a `RUSTFLAGS` variable
+//!   replaces that, and the replay test then says so). The product's own selects are biased besides.
 //!
-//! So a replay runs the same schedule and workload against the same network, not the same interleaving. A failure
-//! found on one seed is a scenario that fails often rather than always: replay it a few times. The pinned regression
-//! scenario repeats its round 30 times for the same reason.
+//! One caveat: tokio numbers tasks with a counter per process, and a crashed host's tasks are dropped in an order
+//! that depends on those numbers, so a simulation replays exactly only alone in its process. That is why
+//! [`seeded_chaos_runs_pass_every_checker`] runs each seed in a child process of its own, exactly as its replay
+//! command does. The pinned scenario shares the test binary's process with the other tests; it is built to catch
+//! its race in any timing.
 //!
 //! # The history's clock
 //!
@@ -95,8 +99,8 @@ use tonic::transport::{Endpoint, Uri};
 
 /// Seeds per `cargo test` run unless `JM_SIM_SEEDS` says otherwise.
 const DEFAULT_SEEDS: u64 = 8;
-/// Seeds simulated at once.
-const SEED_THREADS: usize = 2;
+/// Seeds simulated at once (each in its own process).
+const SEED_PROCESSES: usize = 2;
 /// Replicas per simulated cluster.
 const REPLICAS: u64 = 3;
 /// Port of every replica's peer service.
@@ -219,6 +223,12 @@ impl Engine for SimDiskHandle {
     fn size_on_disk(&self) -> u64 {
         0
     }
+
+    /// So the replica's disk writer runs inline: a thread's scheduling would decide how much virtual time a flush
+    /// takes, and with it the whole run.
+    fn never_blocks(&self) -> bool {
+        true
+    }
 }
 
 /// What outlives a replica's process on its simulated machine.
@@ -227,6 +237,9 @@ struct Machine {
     disk: Arc<SimDisk>,
     /// How long the next start of the process waits before it listens (then reset to 0).
     start_delay_ms: AtomicU64,
+    /// Drawn from the simulation's seed: with the count of starts, seeds the job ids of each incarnation.
+    id_seed: u64,
+    starts: AtomicU64,
 }
 
 /// Kills replica `id`'s process (unflushed writes are lost) and starts it again after `down`: until then its
@@ -354,7 +367,9 @@ async fn replica(id: NodeId, machine: Arc<Machine>, dir: PathBuf) -> turmoil::Re
     let transport = GrpcTransport::new().with_connector(sim_connector());
     let node = ReplicaNode::start(config, disk.open(), Arc::new(transport), Arc::new(SimClock)).await?;
     let services = LeaderServices::start(node.clone(), leader_config, Arc::new(GrpcTaskExecutorGateway::new()));
-    let dispatcher = Dispatcher::new(node.clone());
+    // A fresh stream of ids per incarnation: a restarted replica must not hand out its previous life's job ids.
+    let incarnation = machine.starts.fetch_add(1, Ordering::Relaxed);
+    let dispatcher = Dispatcher::new(node.clone()).with_id_seed(machine.id_seed ^ (incarnation << 32) ^ id);
     grpc::serve(dispatcher, Arc::new(services), raft_incoming, api_incoming, std::future::pending()).await?;
     Ok(())
 }
@@ -754,7 +769,7 @@ fn world(seed: u64) -> World {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut machines = BTreeMap::new();
     for id in 1..=REPLICAS {
-        let machine = Arc::new(Machine::default());
+        let machine = Arc::new(Machine { id_seed: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), ..Machine::default() });
         machines.insert(id, machine.clone());
         let path = dir.path().to_path_buf();
         sim.host(host_name(id), move || replica(id, machine.clone(), path.clone()));
@@ -860,17 +875,26 @@ fn count(history: &[Op], f: &str, outcome: OpType) -> usize {
     jepsen::history::pair(history).iter().filter(|c| c.invoke.f == f && c.outcome() == outcome).count()
 }
 
+/// Every seed passes every checker. With `JM_SIM_SEED` set, that one seed runs here; otherwise each seed runs in a
+/// child process of its own (this test, with `JM_SIM_SEED`), [`SEED_PROCESSES`] at a time: a simulation replays
+/// exactly only alone in its process (see the module doc), so a failing seed's replay command reproduces the very
+/// run that failed.
 #[test]
 fn seeded_chaos_runs_pass_every_checker() {
-    // Seeds run on up to two threads (each simulation is single-threaded and keeps its world in a thread-local).
+    if let Some(seed) = env_u64("JM_SIM_SEED") {
+        if let Some(failure) = check_seed(seed) {
+            panic!("{failure}");
+        }
+        return;
+    }
     let seeds = seeds();
     let next = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
-        for _ in 0..seeds.len().min(SEED_THREADS) {
+        for _ in 0..seeds.len().min(SEED_PROCESSES) {
             scope.spawn(|| {
                 while let Some(seed) = seeds.get(next.fetch_add(1, Ordering::Relaxed) as usize).copied() {
-                    if let Some(failure) = check_seed(seed) {
+                    if let Err(failure) = run_seed_process(seed) {
                         lock(&failures).push(failure);
                     }
                 }
@@ -879,6 +903,24 @@ fn seeded_chaos_runs_pass_every_checker() {
     });
     let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Runs one seed in a child process; its output if it failed.
+fn run_seed_process(seed: u64) -> Result<(), String> {
+    let output = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .args(["--exact", "seeded_chaos_runs_pass_every_checker", "--nocapture", "--test-threads", "1"])
+        .env("JM_SIM_SEED", seed.to_string())
+        .output()
+        .map_err(|e| format!("seed {seed}: cannot start its process: {e}"))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    for line in text.lines().filter(|l| l.starts_with("sim seed ")) {
+        eprintln!("{line}");
+    }
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!("seed {seed} failed ({}):\n{}", output.status, text.trim()))
+    }
 }
 
 /// Runs and checks one seed; the failure report if it failed.
@@ -990,10 +1032,11 @@ async fn restart_all_client(
 /// the seed), and reads through the old leader until it answers: the read must return the acknowledged value, and
 /// the whole history must be linearizable. The stagger matters: openraft backs its replication to a peer that
 /// refused a connection off for 500 ms, while the read's leadership check reaches the returned peers at once, so
-/// the restored leader confirms a read index before it re-learns its commit index. The race also depends on real
-/// thread timing (see the module doc), so the round is repeated [`RESTART_ALL_ROUNDS`] times: with the fix reverted,
-/// 7 runs of 7 failed (1 to 6 stale reads of 30 rounds each, and the linearizability checker flagged each run);
-/// with it, none. The seeded chaos runs did not find it with the fix reverted (seeds 1 to 6, twice): their
+/// the restored leader confirms a read index before it re-learns its commit index. Whether a read lands in the gap
+/// depends on the timing of each round, so the round is repeated [`RESTART_ALL_ROUNDS`] times. Before the
+/// simulation was deterministic, 7 runs of 7 failed with the fix reverted (1 to 6 stale reads of 30 rounds each,
+/// and the linearizability checker flagged each run); since, seed 7 run alone reads stale values in rounds 10 and 19
+/// on every run with the fix reverted, and none with it. The seeded chaos runs did not find it with the fix reverted (seeds 1 to 6, twice): their
 /// restart-all is one fault among seven, and a read must land in the window.
 #[test]
 fn restart_all_reads_the_last_acknowledged_write() {
@@ -1069,4 +1112,62 @@ fn a_seed_fixes_its_fault_schedule() {
         }
         assert!(windows.iter().all(|w| w.start < w.end && w.end < RUN_FOR && (1..=REPLICAS).contains(&w.pick)));
     }
+}
+
+/// The seed of [`a_seed_replays_event_for_event`].
+const REPLAY_SEED: u64 = 3;
+
+/// A seed fixes the whole run, not only its schedule: two runs of it record the same history, event for event
+/// (times, values, errors and the replica each went to). This is what makes a failing seed a reproducible failure
+/// (see "What is deterministic" in the module doc); the usual ways to lose it are a thread, a random id, a map in
+/// per-process order or a read of the real clock on a replica's path.
+///
+/// Each run is a fresh process running only that seed, as a replay is: tokio numbers tasks with one counter per
+/// process and drops a crashed host's tasks in an order that depends on those numbers, so two simulations sharing
+/// a process disturb each other.
+#[test]
+fn a_seed_replays_event_for_event() {
+    if !cfg!(tokio_unstable) {
+        panic!(
+            "this test binary was built without `--cfg tokio_unstable` (.cargo/config.toml sets it; a RUSTFLAGS \
+             variable replaces that): tokio's select! is then seeded from the OS and no seed replays"
+        );
+    }
+    let seed = env_u64("JM_SIM_SEED").unwrap_or(REPLAY_SEED);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let runs: Vec<std::process::Child> = (0..2)
+        .map(|run| {
+            let out = dir.path().join(format!("run{run}"));
+            std::fs::create_dir_all(&out).expect("the run's directory");
+            std::process::Command::new(std::env::current_exe().expect("this test binary"))
+                .args(["--exact", "seeded_chaos_runs_pass_every_checker", "--test-threads", "1"])
+                .env("JM_SIM_SEED", seed.to_string())
+                .env("JM_SIM_HISTORY_DIR", &out)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("a run of the seed")
+        })
+        .collect();
+    for mut child in runs {
+        assert!(child.wait().expect("the run ends").success(), "seed {seed} failed its checks: run it alone");
+    }
+    let read = |run: usize| {
+        let path = dir.path().join(format!("run{run}")).join(format!("sim-{seed}.jsonl"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let (a, b) = (read(0), read(1));
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    assert!(a.len() > 500, "seed {seed} recorded only {} events", a.len());
+    if let Some(at) = (0..a.len().max(b.len())).find(|i| a.get(*i) != b.get(*i)) {
+        let around = |h: &[&str]| h[at.saturating_sub(3)..(at + 3).min(h.len())].join("\n");
+        panic!(
+            "seed {seed} diverged at event {at} of {} / {}:\nfirst run:\n{}\nsecond run:\n{}",
+            a.len(),
+            b.len(),
+            around(&a),
+            around(&b)
+        );
+    }
+    eprintln!("seed {seed} replayed: {} events, twice the same", a.len());
 }

@@ -148,7 +148,9 @@ pub async fn watch_leadership(
             Verdict::Lead { term } => supervisor.enable(term),
             Verdict::Follow { reason } => supervisor.disable(reason),
         }
+        // Biased, so the deterministic simulation replays (an unbiased select draws from the runtime's RNG).
         tokio::select! {
+            biased;
             changed = metrics.changed() => if changed.is_err() {
                 supervisor.disable("raft node stopped");
                 return;

@@ -4,13 +4,15 @@
 //! committed (the path holds a checkpoint or savepoint no live job depends on; see [`crate::checkpoint::disposal`]).
 //!
 //! Every client API (gRPC now, REST later) calls this, so validation and id generation live in one
-//! place. It runs on every replica: writes go through [`ReplicaNode::write`], which forwards to the
+//! place. Ids come from the dispatcher's own generator, seeded from the OS, or from a seed in the deterministic
+//! simulation ([`Dispatcher::with_id_seed`]), where ids decide the order of maps the leader walks. It runs on every replica: writes go through [`ReplicaNode::write`], which forwards to the
 //! leader.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 pub use crate::jobgraph::MAX_SPEC_BYTES;
 
@@ -101,7 +103,11 @@ impl From<SpecError> for DispatchError {
 
 /// A fresh savepoint request id (Flink's trigger id): 32 lowercase hex characters.
 pub fn new_request_id() -> String {
-    format!("{:032x}", rand::thread_rng().gen::<u128>())
+    request_id_from(rand::thread_rng().gen())
+}
+
+fn request_id_from(bits: u128) -> String {
+    format!("{bits:032x}")
 }
 
 /// The outcome of a submit.
@@ -120,6 +126,8 @@ pub struct Submitted {
 pub struct Dispatcher {
     node: Arc<ReplicaNode>,
     runtime: Option<Arc<dyn RuntimeSource>>,
+    /// Where job and request ids come from.
+    ids: Arc<Mutex<StdRng>>,
 }
 
 /// Where live subtask figures come from: the leader's [`RuntimeView`](crate::leader::runtime::RuntimeView), locally
@@ -134,7 +142,11 @@ pub trait RuntimeSource: Send + Sync + 'static {
 
 /// A fresh job id: 32 lowercase hex characters, like Flink's JobID.
 pub fn new_job_id() -> JobId {
-    format!("{:032x}", rand::thread_rng().gen::<u128>())
+    job_id_from(rand::thread_rng().gen())
+}
+
+fn job_id_from(bits: u128) -> JobId {
+    format!("{bits:032x}")
 }
 
 /// Checks that `job_id` looks like a job id, so a typo gets a clear error rather than "not found".
@@ -152,7 +164,18 @@ pub fn check_job_id(job_id: &str) -> Result<(), DispatchError> {
 impl Dispatcher {
     /// A dispatcher on `node`.
     pub fn new(node: Arc<ReplicaNode>) -> Self {
-        Self { node, runtime: None }
+        Self { node, runtime: None, ids: Arc::new(Mutex::new(StdRng::from_entropy())) }
+    }
+
+    /// The same dispatcher, drawing its ids from `seed`: a deterministic simulation replays them. Never in a real
+    /// cluster, where two replicas seeded alike would hand out the same job id.
+    pub fn with_id_seed(mut self, seed: u64) -> Self {
+        self.ids = Arc::new(Mutex::new(StdRng::seed_from_u64(seed)));
+        self
+    }
+
+    fn fresh_bits(&self) -> u128 {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).gen()
     }
 
     /// The same dispatcher, serving live subtask figures from `runtime`.
@@ -179,7 +202,7 @@ impl Dispatcher {
             });
         }
         let command = Command::SubmitJob {
-            job_id: new_job_id(),
+            job_id: job_id_from(self.fresh_bits()),
             idempotency_key: key.to_string(),
             name: graph.spec.name.clone(),
             max_retained_checkpoints: graph.spec.checkpoints.retained,
@@ -274,7 +297,8 @@ impl Dispatcher {
         request_id: Option<String>,
     ) -> Result<(String, Written), DispatchError> {
         check_job_id(job_id)?;
-        let request_id = request_id.filter(|r| !r.trim().is_empty()).unwrap_or_else(new_request_id);
+        let request_id =
+            request_id.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| request_id_from(self.fresh_bits()));
         let target_dir = target_dir.filter(|d| !d.trim().is_empty());
         if let Some(dir) = &target_dir {
             if !std::path::Path::new(dir).is_absolute() {
@@ -359,7 +383,7 @@ impl Dispatcher {
             }
             Ok((Found::Completed, Ok(job_id))) => job_id,
         };
-        let request_id = new_request_id();
+        let request_id = request_id_from(self.fresh_bits());
         let command = Command::RequestSavepointDisposal {
             request_id: request_id.clone(),
             path: path.to_string(),

@@ -284,12 +284,15 @@ impl JobMaster {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Biased, so the deterministic simulation replays (an unbiased select draws from the runtime's RNG); the
+            // tick first, as it fires once per TICK and cannot starve the inbox, where a flood of events could starve it.
             tokio::select! {
+                biased;
+                _ = tick.tick() => self.on_tick().await?,
                 message = inbox.recv() => match message {
                     Some(message) => self.on_message(message).await?,
                     None => return Ok(()),
                 },
-                _ = tick.tick() => self.on_tick().await?,
             }
         }
     }

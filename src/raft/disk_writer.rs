@@ -1,6 +1,12 @@
 //! The disk writer: one thread that applies every engine write of a replica, in order, and
 //! group-commits its flushes.
 //!
+//! An engine that never blocks (in memory: [`Engine::never_blocks`]) gets no thread: its writes and flushes run
+//! on the caller's task as they are submitted, and a durability callback fires before `on_durable` returns. The
+//! invariants below hold in both modes; inline, the group of a flush is the one callback. This is what makes a
+//! replica in the deterministic simulation (`jepsen/tests/sim.rs`) deterministic: a thread's scheduling would
+//! decide how much virtual time passes before a write is durable.
+//!
 //! Raft must not wait on the disk in its event loop: a blocking engine call on a tokio worker stalls
 //! heartbeats, replication and client requests alike, and sled can block for milliseconds while its
 //! own I/O threads rotate buffers. So the log store and the state machine hand their writes to this
@@ -19,8 +25,7 @@
 //! its writes reached the engine; `disk-after-fsync` just after the flush, before any of the group's callbacks.
 
 use std::ops::Bound;
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use super::storage::{Change, Engine, StoreError};
 
@@ -36,10 +41,25 @@ enum Op {
     Durable(DurableCallback),
 }
 
-/// The handle of a replica's disk writer thread. Cheap to clone; the thread ends with the last handle.
+/// The handle of a replica's disk writer. Cheap to clone; a writer thread ends with the last handle.
 #[derive(Clone)]
 pub struct DiskWriter {
-    tx: mpsc::Sender<Op>,
+    mode: Mode,
+}
+
+#[derive(Clone)]
+enum Mode {
+    /// Writes go to the writer thread.
+    Thread(mpsc::Sender<Op>),
+    /// The engine never blocks ([`Engine::never_blocks`]): every call runs on the caller's task, at once. A
+    /// durability callback flushes and fires before `on_durable` returns.
+    Inline(Arc<Inline>),
+}
+
+struct Inline {
+    engine: Arc<dyn Engine>,
+    /// The first engine error; later writes are dropped and callbacks report it, as on the thread.
+    failed: Mutex<Option<String>>,
 }
 
 fn stopped() -> StoreError {
@@ -47,29 +67,33 @@ fn stopped() -> StoreError {
 }
 
 impl DiskWriter {
-    /// Starts the writer thread for `engine`.
+    /// Starts the writer for `engine`: a thread, unless the engine never blocks.
     pub fn start(engine: Arc<dyn Engine>) -> Result<Self, StoreError> {
+        if engine.never_blocks() {
+            let inline = Inline { engine, failed: Mutex::new(None) };
+            return Ok(Self { mode: Mode::Inline(Arc::new(inline)) });
+        }
         let (tx, rx) = mpsc::channel::<Op>();
         std::thread::Builder::new()
             .name("jm-disk-writer".into())
             .spawn(move || run(&*engine, rx))
             .map_err(|e| StoreError::Io(format!("cannot start the disk writer thread: {e}")))?;
-        Ok(Self { tx })
+        Ok(Self { mode: Mode::Thread(tx) })
     }
 
     /// Queues an atomic batch.
     pub fn write(&self, batch: Vec<Change>) -> Result<(), StoreError> {
-        self.tx.send(Op::Write(batch)).map_err(|_| stopped())
+        self.submit(Op::Write(batch))
     }
 
     /// Queues the removal of every key in `[from, to]` together with `also`, as one atomic batch.
     pub fn remove_range(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>, also: Vec<Change>) -> Result<(), StoreError> {
-        self.tx.send(Op::RemoveRange { from, to, also }).map_err(|_| stopped())
+        self.submit(Op::RemoveRange { from, to, also })
     }
 
     /// Runs `callback` once everything queued before it is durable.
     pub fn on_durable(&self, callback: DurableCallback) -> Result<(), StoreError> {
-        self.tx.send(Op::Durable(callback)).map_err(|_| stopped())
+        self.submit(Op::Durable(callback))
     }
 
     /// Returns once everything queued before the call is durable.
@@ -80,6 +104,25 @@ impl DiskWriter {
         }))?;
         rx.await.map_err(|_| stopped())?.map_err(StoreError::Io)
     }
+
+    fn submit(&self, op: Op) -> Result<(), StoreError> {
+        match &self.mode {
+            Mode::Thread(tx) => tx.send(op).map_err(|_| stopped()),
+            Mode::Inline(inline) => {
+                let mut failed = inline.failed.lock().unwrap_or_else(|p| p.into_inner());
+                match op {
+                    Op::Durable(callback) => {
+                        let outcome = flush(&*inline.engine, &mut failed);
+                        // Not under the lock: a callback may write again.
+                        drop(failed);
+                        callback(outcome);
+                    }
+                    op => apply(&*inline.engine, op, &mut failed),
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 fn run(engine: &dyn Engine, rx: mpsc::Receiver<Op>) {
@@ -87,38 +130,50 @@ fn run(engine: &dyn Engine, rx: mpsc::Receiver<Op>) {
     while let Ok(first) = rx.recv() {
         let mut callbacks = Vec::new();
         for op in std::iter::once(first).chain(rx.try_iter()) {
-            let result = match op {
-                Op::Durable(cb) => {
-                    callbacks.push(cb);
-                    continue;
-                }
-                _ if failed.is_some() => continue,
-                Op::Write(batch) => engine.write(batch),
-                Op::RemoveRange { from, to, also } => remove_range(engine, from, to, also),
-            };
-            if let Err(e) = result {
-                tracing::error!(error = %e, "disk write failed; this replica can no longer persist anything");
-                failed = Some(e.to_string());
+            match op {
+                Op::Durable(cb) => callbacks.push(cb),
+                op => apply(engine, op, &mut failed),
             }
         }
         if callbacks.is_empty() {
             continue;
         }
-        if failed.is_none() {
-            crate::failpoint::hit(crate::failpoint::DISK_BEFORE_FLUSH);
-            if let Err(e) = engine.flush() {
-                tracing::error!(error = %e, "disk flush failed; this replica can no longer persist anything");
-                failed = Some(e.to_string());
-            }
-        }
-        crate::failpoint::hit(crate::failpoint::DISK_AFTER_FLUSH);
-        let outcome = match &failed {
-            None => Ok(()),
-            Some(e) => Err(e.clone()),
-        };
+        let outcome = flush(engine, &mut failed);
         for cb in callbacks {
             cb(outcome.clone());
         }
+    }
+}
+
+/// Applies one write unless an earlier one failed; records the first failure.
+fn apply(engine: &dyn Engine, op: Op, failed: &mut Option<String>) {
+    if failed.is_some() {
+        return;
+    }
+    let result = match op {
+        Op::Write(batch) => engine.write(batch),
+        Op::RemoveRange { from, to, also } => remove_range(engine, from, to, also),
+        Op::Durable(_) => return,
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "disk write failed; this replica can no longer persist anything");
+        *failed = Some(e.to_string());
+    }
+}
+
+/// Flushes what was applied: the outcome for the callbacks waiting on it.
+fn flush(engine: &dyn Engine, failed: &mut Option<String>) -> Result<(), String> {
+    if failed.is_none() {
+        crate::failpoint::hit(crate::failpoint::DISK_BEFORE_FLUSH);
+        if let Err(e) = engine.flush() {
+            tracing::error!(error = %e, "disk flush failed; this replica can no longer persist anything");
+            *failed = Some(e.to_string());
+        }
+    }
+    crate::failpoint::hit(crate::failpoint::DISK_AFTER_FLUSH);
+    match failed {
+        None => Ok(()),
+        Some(e) => Err(e.clone()),
     }
 }
 
@@ -136,11 +191,37 @@ fn remove_range(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::storage::MemoryEngine;
+    use crate::raft::storage::{MemoryEngine, Pair};
 
-    #[tokio::test]
-    async fn writes_apply_in_order_and_flush_waits_for_them() {
-        let engine = Arc::new(MemoryEngine::default());
+    /// A memory engine that says it may block, so its writer gets the thread.
+    #[derive(Default)]
+    struct Threaded(MemoryEngine);
+
+    impl Engine for Threaded {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.0.get(key)
+        }
+        fn write(&self, batch: Vec<Change>) -> Result<(), StoreError> {
+            self.0.write(batch)
+        }
+        fn scan(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Vec<Pair>, StoreError> {
+            self.0.scan(from, to)
+        }
+        fn scan_keys(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Vec<Vec<u8>>, StoreError> {
+            self.0.scan_keys(from, to)
+        }
+        fn last_in(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Option<Pair>, StoreError> {
+            self.0.last_in(from, to)
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            self.0.flush()
+        }
+        fn size_on_disk(&self) -> u64 {
+            0
+        }
+    }
+
+    async fn writes_apply_in_order_and_flush_waits_for_them(engine: Arc<dyn Engine>) {
         let writer = DiskWriter::start(engine.clone()).unwrap();
         writer.write(vec![(b"a".to_vec(), Some(b"1".to_vec())), (b"b".to_vec(), Some(b"2".to_vec()))]).unwrap();
         writer
@@ -150,5 +231,37 @@ mod tests {
         writer.flush().await.unwrap();
         let all = engine.scan(Bound::Unbounded, Bound::Unbounded).unwrap();
         assert_eq!(all, vec![(b"c".to_vec(), vec![3]), (b"d".to_vec(), b"4".to_vec())]);
+    }
+
+    #[tokio::test]
+    async fn on_a_thread_writes_apply_in_order_and_flush_waits_for_them() {
+        let engine = Arc::new(Threaded::default());
+        assert!(matches!(DiskWriter::start(engine.clone()).unwrap().mode, Mode::Thread(_)));
+        writes_apply_in_order_and_flush_waits_for_them(engine).await;
+    }
+
+    #[tokio::test]
+    async fn inline_writes_apply_in_order_and_flush_waits_for_them() {
+        let engine = Arc::new(MemoryEngine::default());
+        assert!(matches!(DiskWriter::start(engine.clone()).unwrap().mode, Mode::Inline(_)));
+        writes_apply_in_order_and_flush_waits_for_them(engine).await;
+    }
+
+    /// Inline, a callback has fired when `on_durable` returns, and it may write through the same writer (openraft's
+    /// callbacks wake tasks that write next; a lock held across the callback would deadlock them).
+    #[test]
+    fn an_inline_callback_fires_at_once_and_may_write_again() {
+        let engine = Arc::new(MemoryEngine::default());
+        let writer = DiskWriter::start(engine.clone()).unwrap();
+        let fired = Arc::new(Mutex::new(None));
+        let (again, seen) = (writer.clone(), fired.clone());
+        writer
+            .on_durable(Box::new(move |outcome| {
+                again.write(vec![(b"k".to_vec(), Some(b"v".to_vec()))]).unwrap();
+                *seen.lock().unwrap() = Some(outcome);
+            }))
+            .unwrap();
+        assert_eq!(*fired.lock().unwrap(), Some(Ok(())));
+        assert_eq!(engine.get(b"k").unwrap(), Some(b"v".to_vec()));
     }
 }
