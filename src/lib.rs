@@ -13,12 +13,14 @@
 //! * [`job_master`]: one actor per job (deploy or adopt, checkpoints, restarts, savepoints);
 //! * [`checkpoint`]: the checkpoint coordinator's bookkeeping and the checkpoint storage layout;
 //! * [`taskmanager`]: the TaskManager process, its protocol with the leader and the task runtime;
+//! * [`blocking`]: blocking work kept off the async runtime (or inline, in the deterministic simulation);
 //! * [`failpoint`]: named crash points for the chaos suite, compiled in only with the `failpoints` feature;
 //! * [`telemetry`]: latency and size histograms measured as things happen, for `/metrics`;
 //! * [`api`]: gRPC (client API, peer service, TaskManager service);
 //! * [`cli`]: the `jm` command line (server, taskmanager, local cluster, job and cluster commands, benchmarks).
 
 pub mod api;
+pub mod blocking;
 pub mod checkpoint;
 pub mod cli;
 pub mod cluster;

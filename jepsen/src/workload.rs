@@ -238,28 +238,31 @@ pub async fn state_digest(mut c: JobManagerClient<Channel>) -> Outcome {
 /// `tm-deployments`: what a TaskManager runs, from its own HTTP endpoint.
 pub async fn tm_deployments(http_addr: &str) -> Outcome {
     match tokio::time::timeout(Duration::from_secs(2), http_get_json(http_addr, "/")).await {
-        Ok(Ok(body)) => {
-            let deployments: Vec<Value> = body["deployments"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|d| {
-                    let subtasks = d["subtasks"].as_array().cloned().unwrap_or_default();
-                    let slots_used = subtasks.iter().filter_map(|s| s["subtask"].as_u64()).max().map_or(0, |m| m + 1);
-                    let terminal = ["FINISHED", "CANCELED", "FAILED"];
-                    let running = subtasks.iter().any(|s| !terminal.contains(&s["status"].as_str().unwrap_or("")));
-                    json!({
-                        "job_id": d["job-id"], "attempt": d["attempt"],
-                        "term": d["fencing-token"]["term"], "epoch": d["fencing-token"]["epoch"],
-                        "slots_used": slots_used, "running": running,
-                    })
-                })
-                .collect();
-            Outcome::ok(json!({"tm_id": body["id"], "slots": body["slots"], "deployments": deployments}))
-        }
+        Ok(Ok(body)) => Outcome::ok(tm_deployments_from(&body)),
         Ok(Err(e)) => Outcome { op_type: OpType::Fail, value: Value::Null, error: Some(e) },
         Err(_) => timed_out(Effect::Read),
     }
+}
+
+/// The `tm-deployments` value of a TaskManager's `GET /` answer.
+pub fn tm_deployments_from(body: &Value) -> Value {
+    let deployments: Vec<Value> = body["deployments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let subtasks = d["subtasks"].as_array().cloned().unwrap_or_default();
+            let slots_used = subtasks.iter().filter_map(|s| s["subtask"].as_u64()).max().map_or(0, |m| m + 1);
+            let terminal = ["FINISHED", "CANCELED", "FAILED"];
+            let running = subtasks.iter().any(|s| !terminal.contains(&s["status"].as_str().unwrap_or("")));
+            json!({
+                "job_id": d["job-id"], "attempt": d["attempt"],
+                "term": d["fencing-token"]["term"], "epoch": d["fencing-token"]["epoch"],
+                "slots_used": slots_used, "running": running,
+            })
+        })
+        .collect();
+    json!({"tm_id": body["id"], "slots": body["slots"], "deployments": deployments})
 }
 
 /// A minimal HTTP/1.0 GET returning the body as JSON.

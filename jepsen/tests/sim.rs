@@ -1,37 +1,43 @@
-//! The deterministic tier: real replicas on turmoil's simulated network, inside `cargo test`.
+//! The deterministic tier: real replicas and TaskManagers on turmoil's simulated network, inside `cargo test`.
 //!
 //! Each replica is a turmoil host running what `jm server` runs ([`replica`]): the real [`ReplicaNode`], its
 //! leader services, the [`Dispatcher`] and both gRPC services, served over turmoil's `TcpListener` and dialing its
-//! peers through [`GrpcTransport::with_connector`] over turmoil's `TcpStream`. Time is turmoil's virtual time (every
-//! host is a paused tokio runtime), and the wall [`Clock`] the replicas stamp commands with reads it too
-//! ([`SimClock`], from a fixed epoch), so nothing in a replica's path reads the real clock except latency metrics.
-//! Storage is a [`SimDisk`] per replica kept outside the host, so a crash and restart keeps what was flushed and
-//! loses what was not, as a killed process loses sled's unflushed buffers.
+//! peers and the TaskManagers through connectors over turmoil's `TcpStream` ([`GrpcTransport::with_connector`],
+//! [`GrpcTaskExecutorGateway::with_connector`]). Each TaskManager is a host running what `jm taskmanager` runs
+//! ([`task_manager`]): it registers, heartbeats the leader, runs the deployed subtasks and writes their checkpoints
+//! to the directory the replicas share. Time is turmoil's virtual time (every host is a paused tokio runtime), and
+//! the wall [`Clock`] the replicas stamp commands with reads it too ([`SimClock`], from a fixed epoch), so nothing
+//! in a replica's path reads the real clock except latency metrics. Storage is a [`SimDisk`] per replica kept
+//! outside the host, so a crash and restart keeps what was flushed and loses what was not, as a killed process
+//! loses sled's unflushed buffers.
 //!
-//! Two choices model real machines rather than turmoil's defaults. A killed replica's host is restarted at once with
-//! software that first waits out the downtime ([`kill_and_restart`]): its machine stays up and refuses connections,
-//! as a real one does, where a crashed turmoil host would queue messages and hand them to its next incarnation.
-//! Partitions hold messages and deliver them at the heal ([`turmoil::Sim::hold`]) instead of dropping them: turmoil
-//! drops segments out of the middle of a TCP stream, which no real TCP does (it retransmits), and which would feed
-//! HTTP/2 garbage instead of a stalled connection.
+//! Two choices model real machines rather than turmoil's defaults. A killed host is restarted at once with software
+//! that first waits out the downtime ([`kill_and_restart`]): its machine stays up and refuses connections, as a real
+//! one does, where a crashed turmoil host would queue messages and hand them to its next incarnation. Partitions
+//! hold messages and deliver them at the heal ([`turmoil::Sim::hold`]) instead of dropping them: turmoil drops
+//! segments out of the middle of a TCP stream, which no real TCP does (it retransmits), and which would feed HTTP/2
+//! garbage instead of a stalled connection.
 //!
 //! A turmoil client runs the chaos suite's workloads with the `jepsen` crate's own client calls (pointed at the
 //! simulated network with [`Clients::with_connector`]) and [`Recorder`] (timed by virtual time): linearizable
-//! registers (metadata put/get), job submissions with idempotency keys and cancellations, every replica's view of
-//! itself. The test itself steps the simulation and is the nemesis: from the seed it draws a schedule of faults
-//! (isolating the leader or a random replica, a bridge topology, killing the leader or a random replica, killing
-//! every replica at once, slow links), applies each between steps and heals it. No TaskManagers run here, so the
-//! checkpoint, lease and epoch checkers have nothing to read. After the run everything is
-//! healed, the client reads everything back through every replica, cancels what runs and collects every replica's
-//! state digest; then the same checkers as `jepsen run` decide: linearizability per register, set-full for the
-//! submissions, one leader per term and identical final states.
+//! registers (metadata put/get), job submissions with idempotency keys and cancellations, two checkpointing jobs
+//! whose completed checkpoints are read back, every replica's view of itself, the slot leases, and what each
+//! TaskManager runs (read from the TaskManager itself, as `jepsen run` reads its HTTP endpoint). The test itself
+//! steps the simulation and is the nemesis: from the seed it draws a schedule of faults (isolating the leader or a
+//! random replica, a bridge topology, killing the leader or a random replica, killing every replica at once, slow
+//! links, killing a TaskManager), applies each between steps and heals it. After the run everything is healed,
+//! the client reads everything back through every replica, cancels what runs and collects every replica's state
+//! digest; then the same checkers as `jepsen run` decide: linearizability per register, set-full for the
+//! submissions, checkpoints never lost or reused, no slot leased twice, fencing epochs never going back, one leader
+//! per term and identical final states.
 //!
 //! # Seeds
 //!
 //! `cargo test -p jepsen --test sim` runs `JM_SIM_SEEDS` seeds (default [`DEFAULT_SEEDS`]) starting at
-//! `JM_SIM_FIRST_SEED` (default 1), each in a process of its own, two at a time; `JM_SIM_SEED=S` runs only seed `S`,
-//! in the test's own process. A failing seed panics with the checkers' verdicts and the command that replays it
-//! (`JM_SIM_HISTORY_DIR=D` keeps each seed's history as `D/sim-S.jsonl`); `JM_SIM_LOG=info` (an env-filter) prints the replicas' logs.
+//! `JM_SIM_FIRST_SEED` (default 1); `JM_SIM_SEED=S` runs only seed `S`. Every seed runs in a child process of its
+//! own, two at a time, in a private working directory (see below). A failing seed panics with the checkers'
+//! verdicts, the fault schedule and the command that replays it; `JM_SIM_HISTORY_DIR=D` keeps each seed's history
+//! as `D/sim-S.jsonl`, and `JM_SIM_LOG=info` (an env-filter) prints the hosts' logs.
 //! [`restart_all_reads_the_last_acknowledged_write`] is the pinned regression scenario of the bug the chaos suite
 //! found (see its doc).
 //!
@@ -41,22 +47,23 @@
 //! The seed fixes turmoil's network (message latencies and the order of delivery), the fault schedule, the
 //! workload's choices and every host's wall clock, and the rest was made to follow it:
 //!
-//! * storage does its work on the caller's task: [`SimDisk`] says it never blocks ([`Engine::never_blocks`]), so
-//!   the disk writer and snapshot encoding run inline instead of on a thread whose scheduling would decide how
-//!   much virtual time a flush takes;
+//! * blocking work runs inline ([`jobmanager::blocking::run_inline_on_this_thread`], called by [`world`]): the
+//!   replicas' disk writer, snapshot encoding and the checkpoint files of JobMasters and TaskManagers, which would
+//!   otherwise run on threads whose scheduling decides how much virtual time they take;
 //! * job ids come from a generator seeded per replica and incarnation ([`Dispatcher::with_id_seed`]);
 //! * openraft draws each replica's election timeout from `rand::thread_rng()`; the simulation makes that draw
 //!   constant by configuring a one-millisecond range, so elections are timed by the replicas' own logic
 //!   (`campaign.rs` stands for election first);
 //! * tokio's `select!` picks among ready branches with its runtime's RNG, which turmoil seeds from the simulation's
 //!   seed when tokio is built with `--cfg tokio_unstable` (`.cargo/config.toml` sets it; a `RUSTFLAGS` variable
-//!   replaces that, and the replay test then says so). The product's own selects are biased besides.
+//!   replaces that, and the replay test then says so). The product's own selects are biased besides;
+//! * tokio numbers tasks with one counter per process, and a crashed host's tasks are dropped in an order that
+//!   depends on those numbers: a simulation replays exactly only alone in its process;
+//! * checkpoint locations are recorded in the replicated state, so in the state digests: the files live under
+//!   relative paths in the child process's private working directory ([`Files`]), the same on every replay.
 //!
-//! One caveat: tokio numbers tasks with a counter per process, and a crashed host's tasks are dropped in an order
-//! that depends on those numbers, so a simulation replays exactly only alone in its process. That is why
-//! [`seeded_chaos_runs_pass_every_checker`] runs each seed in a child process of its own, exactly as its replay
-//! command does. The pinned scenario shares the test binary's process with the other tests; it is built to catch
-//! its race in any timing.
+//! The pinned scenario runs in the test binary's own process, beside the other tests, so its timing may vary from
+//! one run to the next; it is built to catch its race in any timing.
 //!
 //! # The history's clock
 //!
@@ -80,8 +87,9 @@ use jepsen::history::{Op, OpType};
 use jepsen::recorder::Recorder;
 use jepsen::run::wait_for_leader;
 use jepsen::workload::{self as w, Clients};
-use jobmanager::api::grpc::taskmanager::GrpcTaskExecutorGateway;
+use jobmanager::api::grpc::taskmanager::{serve_task_executor_on, GrpcJobManagerGateway, GrpcTaskExecutorGateway};
 use jobmanager::api::grpc::{self, Connector, GrpcTransport};
+use jobmanager::api::rest::taskmanager::overview_json;
 use jobmanager::cluster::{Clock, Compaction, NodeConfig, ReplicaNode, Timing};
 use jobmanager::dispatcher::Dispatcher;
 use jobmanager::job_master::JobMasterConfig;
@@ -90,6 +98,7 @@ use jobmanager::raft::storage::{Change, Pair};
 use jobmanager::raft::{Engine, Node, NodeId, StoreError};
 use jobmanager::resource_manager::placement::PlacementPolicy;
 use jobmanager::resource_manager::RmConfig;
+use jobmanager::taskmanager::{TaskManager, TaskManagerConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -107,6 +116,12 @@ const REPLICAS: u64 = 3;
 const RAFT_PORT: u16 = 7123;
 /// Port of every replica's client API.
 const API_PORT: u16 = 6123;
+/// TaskManagers of the chaos runs, their slots and the port of their `TaskExecutor` service.
+const TASK_MANAGERS: u64 = 2;
+const TM_SLOTS: u32 = 4;
+const TM_PORT: u16 = 8123;
+/// Checkpointing jobs of the chaos runs (2 slots each, submitted before the clients start so they get slots).
+const CHECKPOINT_JOBS: usize = 2;
 /// How long clients and the nemesis run, in virtual time.
 const RUN_FOR: Duration = Duration::from_secs(15);
 /// Concurrent client loops.
@@ -223,12 +238,6 @@ impl Engine for SimDiskHandle {
     fn size_on_disk(&self) -> u64 {
         0
     }
-
-    /// So the replica's disk writer runs inline: a thread's scheduling would decide how much virtual time a flush
-    /// takes, and with it the whole run.
-    fn never_blocks(&self) -> bool {
-        true
-    }
 }
 
 /// What outlives a replica's process on its simulated machine.
@@ -240,16 +249,19 @@ struct Machine {
     /// Drawn from the simulation's seed: with the count of starts, seeds the job ids of each incarnation.
     id_seed: u64,
     starts: AtomicU64,
+    /// The TaskManager running on it, while its process is up (TaskManager machines only): the observer reads what
+    /// it runs directly, as `jepsen run` reads its HTTP endpoint.
+    task_manager: Mutex<Option<Arc<TaskManager>>>,
 }
 
-/// Kills replica `id`'s process (unflushed writes are lost) and starts it again after `down`: until then its
-/// machine refuses connections, as a real one does while the process is down.
-fn kill_and_restart(sim: &mut turmoil::Sim<'_>, machines: &BTreeMap<NodeId, Arc<Machine>>, id: NodeId, down: Duration) {
-    let machine = &machines[&id];
-    sim.crash(host_name(id));
+/// Kills the process on `host` (unflushed writes are lost) and starts it again after `down`: until then its machine
+/// refuses connections, as a real one does.
+fn kill_and_restart(sim: &mut turmoil::Sim<'_>, machine: &Machine, host: &str, down: Duration) {
+    sim.crash(host);
     machine.disk.crash();
+    *lock(&machine.task_manager) = None;
     machine.start_delay_ms.store(down.as_millis() as u64, Ordering::Relaxed);
-    sim.bounce(host_name(id));
+    sim.bounce(host);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -353,7 +365,8 @@ async fn replica(id: NodeId, machine: Arc<Machine>, dir: PathBuf) -> turmoil::Re
     let raft_incoming = incoming(RAFT_PORT).await?;
     let api_incoming = incoming(API_PORT).await?;
     let config = node_config(id, &dir);
-    let checkpoints = dir.join(host_name(id)).join("checkpoints");
+    // Shared by every replica and TaskManager, as a real cluster's checkpoint storage is.
+    let checkpoints = dir.join("checkpoints");
     let leader_config = LeaderConfig {
         rm: RmConfig { heartbeat_timeout: Duration::from_secs(5), placement: PlacementPolicy::default() },
         job_master: JobMasterConfig {
@@ -366,11 +379,38 @@ async fn replica(id: NodeId, machine: Arc<Machine>, dir: PathBuf) -> turmoil::Re
     };
     let transport = GrpcTransport::new().with_connector(sim_connector());
     let node = ReplicaNode::start(config, disk.open(), Arc::new(transport), Arc::new(SimClock)).await?;
-    let services = LeaderServices::start(node.clone(), leader_config, Arc::new(GrpcTaskExecutorGateway::new()));
+    let task_executors = GrpcTaskExecutorGateway::new().with_connector(sim_connector());
+    let services = LeaderServices::start(node.clone(), leader_config, Arc::new(task_executors));
     // A fresh stream of ids per incarnation: a restarted replica must not hand out its previous life's job ids.
     let incarnation = machine.starts.fetch_add(1, Ordering::Relaxed);
     let dispatcher = Dispatcher::new(node.clone()).with_id_seed(machine.id_seed ^ (incarnation << 32) ^ id);
     grpc::serve(dispatcher, Arc::new(services), raft_incoming, api_incoming, std::future::pending()).await?;
+    Ok(())
+}
+
+fn tm_host(n: u64) -> String {
+    format!("tm{n}")
+}
+
+/// A TaskManager, as `jm taskmanager` assembles it, until the host crashes: it registers through the replicas,
+/// heartbeats the leader and runs what the JobMasters deploy, its checkpoints going to the shared directory. Like a
+/// replica, it first waits out its machine's start delay.
+async fn task_manager(n: u64, machine: Arc<Machine>) -> turmoil::Result {
+    let delay = Duration::from_millis(machine.start_delay_ms.swap(0, Ordering::Relaxed));
+    tokio::time::sleep(delay).await;
+    let executor_incoming = incoming(TM_PORT).await?;
+    let config = TaskManagerConfig {
+        tm_id: format!("tm-{n}"),
+        cluster: (1..=REPLICAS).map(api_addr).collect(),
+        advertise: format!("{}:{TM_PORT}", tm_host(n)),
+        slots: TM_SLOTS,
+        zone: None,
+        heartbeat_interval: Duration::from_millis(500),
+        rpc_timeout: Duration::from_secs(2),
+    };
+    let tm = TaskManager::start(config, Arc::new(GrpcJobManagerGateway::new().with_connector(sim_connector())));
+    *lock(&machine.task_manager) = Some(tm.clone());
+    serve_task_executor_on(Arc::new(tm), executor_incoming, std::future::pending()).await?;
     Ok(())
 }
 
@@ -394,9 +434,11 @@ enum Fault {
     RestartAll,
     /// Every link is slow: up to 400 ms per message.
     Slow,
+    /// A TaskManager's process is killed (its tasks with it); it restarts at the heal and registers again.
+    CrashTaskManager,
 }
 
-const FAULTS: [Fault; 7] = [
+const FAULTS: [Fault; 8] = [
     Fault::IsolateLeader,
     Fault::IsolateRandom,
     Fault::Bridge,
@@ -404,6 +446,7 @@ const FAULTS: [Fault; 7] = [
     Fault::CrashRandom,
     Fault::RestartAll,
     Fault::Slow,
+    Fault::CrashTaskManager,
 ];
 
 /// One fault window of the schedule.
@@ -449,6 +492,7 @@ struct Nemesis {
     windows: std::collections::VecDeque<Window>,
     active: Option<(Window, Applied)>,
     machines: BTreeMap<NodeId, Arc<Machine>>,
+    task_managers: BTreeMap<u64, Arc<Machine>>,
     recorder: Recorder,
     /// The leader the client's observer saw last (0: none).
     leader: Arc<AtomicU64>,
@@ -495,19 +539,24 @@ impl Nemesis {
             }
             Fault::CrashLeader | Fault::CrashRandom => {
                 let target = if next.fault == Fault::CrashLeader { leader } else { next.pick };
-                kill_and_restart(sim, &self.machines, target, next.end - next.start);
+                kill_and_restart(sim, &self.machines[&target], &host_name(target), next.end - next.start);
                 Applied::Killed
             }
             Fault::RestartAll => {
                 for id in 1..=REPLICAS {
                     let later = if id == leader { Duration::ZERO } else { next.stagger };
-                    kill_and_restart(sim, &self.machines, id, next.end - next.start + later);
+                    kill_and_restart(sim, &self.machines[&id], &host_name(id), next.end - next.start + later);
                 }
                 Applied::Killed
             }
             Fault::Slow => {
                 sim.set_max_message_latency(Duration::from_millis(400));
                 Applied::Slowed
+            }
+            Fault::CrashTaskManager => {
+                let n = (next.pick - 1) % TASK_MANAGERS + 1;
+                kill_and_restart(sim, &self.task_managers[&n], &tm_host(n), next.end - next.start);
+                Applied::Killed
             }
         };
         self.recorder.nemesis("start", &describe(&next));
@@ -551,6 +600,10 @@ struct Ctx {
     submitted: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     leader: Arc<AtomicU64>,
+    /// The TaskManagers' machines, by number (none in the pinned scenario).
+    task_managers: BTreeMap<u64, Arc<Machine>>,
+    /// The checkpointing jobs, once submitted.
+    checkpoint_jobs: Mutex<Vec<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -561,18 +614,39 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn submit_holder(clients: &Clients, apis: &BTreeMap<NodeId, String>) -> Result<String, String> {
     let spec =
         "name: register-holder\nvertices:\n  - id: source\n    operators: [{sequence: {rate: 1}}, {blackhole: {}}]\n";
+    submit_setup(clients, apis, spec, "setup-register-holder").await
+}
+
+/// Submits one job of the setup under idempotency key `key`, retrying through the replicas for up to 30 s.
+async fn submit_setup(
+    clients: &Clients,
+    apis: &BTreeMap<NodeId, String>,
+    spec: &str,
+    key: &str,
+) -> Result<String, String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         for addr in apis.values() {
-            if let Ok(id) = w::submit_spec(clients.client(addr), spec, "setup-register-holder").await {
+            if let Ok(id) = w::submit_spec(clients.client(addr), spec, key).await {
                 return Ok(id);
             }
         }
         if tokio::time::Instant::now() > deadline {
-            return Err("could not submit the register holder within 30 s".into());
+            return Err(format!("could not submit {key} within 30 s"));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Submits the checkpointing jobs (before the clients start, so they are first in line for slots).
+async fn submit_checkpoint_jobs(ctx: &Ctx) -> Result<(), String> {
+    for n in 0..CHECKPOINT_JOBS {
+        let name = format!("ckpt-{n}");
+        let job_id =
+            submit_setup(&ctx.clients, &ctx.apis, &w::checkpoint_job_spec(&name), &format!("setup-{name}")).await?;
+        lock(&ctx.checkpoint_jobs).push(job_id);
+    }
+    Ok(())
 }
 
 /// One client: random operations through random replicas until the run ends.
@@ -590,9 +664,21 @@ async fn client_loop(ctx: Arc<Ctx>, holder: Arc<String>, seed: u64) {
             let value = ctx.counter.fetch_add(1, Ordering::Relaxed);
             let op = w::write(c, &holder, key, value);
             w::record(r, process, "write", Some(key.to_string()), json!(value), Some(node), op).await
-        } else if roll < 70 {
+        } else if roll < 62 {
             let op = w::read(c, &holder, key);
             w::record(r, process, "read", Some(key.to_string()), Value::Null, Some(node), op).await
+        } else if roll < 70 {
+            let job = {
+                let jobs = lock(&ctx.checkpoint_jobs);
+                (!jobs.is_empty()).then(|| jobs[rng.gen_range(0..jobs.len())].clone())
+            };
+            match job {
+                Some(job_id) => {
+                    let op = w::read_checkpoints(c, &job_id);
+                    w::record(r, process, "read-checkpoints", Some(job_id.clone()), Value::Null, Some(node), op).await
+                }
+                None => OpType::Ok,
+            }
         } else if roll < 85 {
             let client_id = format!("{}{}", w::SET_PREFIX, ctx.counter.fetch_add(1, Ordering::Relaxed));
             let pending = r.invoke(process, "submit", Some(client_id.clone()), Value::Null, Some(node));
@@ -625,6 +711,31 @@ async fn client_loop(ctx: Arc<Ctx>, holder: Arc<String>, seed: u64) {
     }
 }
 
+/// Every 250 ms: the slot leases through one replica (in turn), and what each TaskManager runs, read from the
+/// TaskManager itself (a crashed one's read fails, as its HTTP endpoint would).
+async fn observe_task_managers(ctx: Arc<Ctx>) {
+    let process = ctx.recorder.new_process();
+    let nodes: Vec<NodeId> = ctx.apis.keys().copied().collect();
+    let mut round = 0;
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let node = nodes[round % nodes.len()];
+        let op = w::read_leases(ctx.clients.client(&ctx.apis[&node]));
+        w::record(&ctx.recorder, process, "read-leases", None, Value::Null, Some(node), op).await;
+        for (n, machine) in &ctx.task_managers {
+            let pending = ctx.recorder.invoke(process, "tm-deployments", Some(tm_host(*n)), Value::Null, None);
+            let running = lock(&machine.task_manager).clone();
+            match running {
+                Some(tm) => {
+                    ctx.recorder.complete(pending, OpType::Ok, w::tm_deployments_from(&overview_json(&tm)), None)
+                }
+                None => ctx.recorder.complete(pending, OpType::Fail, Value::Null, Some("connection refused".into())),
+            }
+        }
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Every replica's view of itself every 250 ms; tells the nemesis who leads.
 async fn observe(ctx: Arc<Ctx>) {
     let process = ctx.recorder.new_process();
@@ -647,8 +758,12 @@ async fn observe(ctx: Arc<Ctx>) {
 async fn final_reads(ctx: &Ctx, holder: &str) {
     let process = ctx.recorder.new_process();
     let r = &ctx.recorder;
+    let checkpoint_jobs = lock(&ctx.checkpoint_jobs).clone();
     for (id, addr) in &ctx.apis {
         let node = Some(*id);
+        for job_id in &checkpoint_jobs {
+            final_checkpoint_read(ctx, process, *id, addr, job_id).await;
+        }
         w::record(r, process, "read-jobs", None, Value::Null, node, w::read_jobs(ctx.clients.client(addr))).await;
         for key in REGISTER_KEYS {
             let op = w::read(ctx.clients.client(addr), holder, key);
@@ -684,15 +799,32 @@ async fn final_reads(ctx: &Ctx, holder: &str) {
     }
 }
 
+/// Reads a job's checkpoints through replica `id` until a read answers (for up to 30 s): the checker compares the
+/// final reads with every acknowledged one, so a replica still catching up must not leave a gap.
+async fn final_checkpoint_read(ctx: &Ctx, process: u64, id: NodeId, addr: &str, job_id: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let op = w::read_checkpoints(ctx.clients.client(addr), job_id);
+        let key = Some(job_id.to_string());
+        let outcome = w::record(&ctx.recorder, process, "read-checkpoints", key, Value::Null, Some(id), op).await;
+        if outcome == OpType::Ok || tokio::time::Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The whole client side of a chaos run; sets `healed_wanted` when the run ends and waits for `healed`.
 async fn chaos_client(ctx: Arc<Ctx>, seed: u64, run_over: Arc<AtomicBool>, healed: Arc<AtomicBool>) -> turmoil::Result {
     wait_for_leader(&ctx.clients, &ctx.apis, Duration::from_secs(30)).await.ok_or("no leader within 30 s")?;
     let holder = Arc::new(submit_holder(&ctx.clients, &ctx.apis).await?);
+    submit_checkpoint_jobs(&ctx).await?;
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..CONCURRENCY {
         tasks.spawn(client_loop(ctx.clone(), holder.clone(), seed.wrapping_mul(31).wrapping_add(n as u64)));
     }
     tasks.spawn(observe(ctx.clone()));
+    tasks.spawn(observe_task_managers(ctx.clone()));
     while turmoil::sim_elapsed().unwrap_or_default() < RUN_FOR {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -754,11 +886,23 @@ struct World {
     machines: BTreeMap<NodeId, Arc<Machine>>,
     ctx: Arc<Ctx>,
     now_ns: Arc<AtomicU64>,
-    _dir: tempfile::TempDir,
+    /// The directory of the replicas' and TaskManagers' files, when it is a temporary one of this world.
+    _dir: Option<tempfile::TempDir>,
 }
 
-fn world(seed: u64) -> World {
+/// Where a world keeps its files: a fresh temporary directory, or the working directory (a seed's child process
+/// runs in a private one). Paths relative to the working directory end up in the replicated state (checkpoint
+/// locations) and so in the state digests: only they are the same on every replay.
+enum Files {
+    Temporary,
+    WorkingDirectory,
+}
+
+fn world(seed: u64, task_managers: u64, files: Files) -> World {
     init_logging();
+    // Every host runs on this thread: its blocking work (disk writes, checkpoint files) must run inline, or a real
+    // thread's timing would decide the run (see the module doc).
+    jobmanager::blocking::run_inline_on_this_thread();
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
@@ -766,13 +910,20 @@ fn world(seed: u64) -> World {
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(BASE_MAX_LATENCY)
         .build();
-    let dir = tempfile::tempdir().expect("a temporary directory");
+    let temporary = matches!(files, Files::Temporary).then(|| tempfile::tempdir().expect("a temporary directory"));
+    let base = temporary.as_ref().map_or_else(|| PathBuf::from("."), |t| t.path().to_path_buf());
     let mut machines = BTreeMap::new();
     for id in 1..=REPLICAS {
         let machine = Arc::new(Machine { id_seed: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), ..Machine::default() });
         machines.insert(id, machine.clone());
-        let path = dir.path().to_path_buf();
+        let path = base.clone();
         sim.host(host_name(id), move || replica(id, machine.clone(), path.clone()));
+    }
+    let mut tms = BTreeMap::new();
+    for n in 1..=task_managers {
+        let machine = Arc::new(Machine::default());
+        tms.insert(n, machine.clone());
+        sim.host(tm_host(n), move || task_manager(n, machine.clone()));
     }
     let now_ns = Arc::new(AtomicU64::new(0));
     let ctx = Arc::new(Ctx {
@@ -783,13 +934,15 @@ fn world(seed: u64) -> World {
         submitted: Arc::default(),
         stop: Arc::default(),
         leader: Arc::default(),
+        task_managers: tms,
+        checkpoint_jobs: Mutex::default(),
     });
-    World { sim, machines, ctx, now_ns, _dir: dir }
+    World { sim, machines, ctx, now_ns, _dir: temporary }
 }
 
 /// Runs the chaos workload under the seed's fault schedule.
 fn run_chaos(seed: u64) -> SimRun {
-    let World { mut sim, machines, ctx, now_ns, _dir } = world(seed);
+    let World { mut sim, machines, ctx, now_ns, _dir } = world(seed, TASK_MANAGERS, Files::WorkingDirectory);
     let run_over = Arc::new(AtomicBool::new(false));
     let healed = Arc::new(AtomicBool::new(false));
     sim.client("jepsen", chaos_client(ctx.clone(), seed, run_over.clone(), healed.clone()));
@@ -798,6 +951,7 @@ fn run_chaos(seed: u64) -> SimRun {
         windows: windows.iter().copied().collect(),
         active: None,
         machines,
+        task_managers: ctx.task_managers.clone(),
         recorder: ctx.recorder.clone(),
         leader: ctx.leader.clone(),
     };
@@ -824,6 +978,9 @@ fn check(history: &[Op]) -> Vec<Verdict> {
     vec![
         checker::linearizable::check(&registers, Duration::from_secs(20)),
         checker::set::check(history, true),
+        checker::checkpoints::check(history),
+        checker::leases::check(history),
+        checker::epochs::check(history),
         checker::leaders::check(history),
     ]
 }
@@ -871,31 +1028,44 @@ fn seeds() -> Vec<u64> {
     (first..first + env_u64("JM_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect()
 }
 
+/// The greatest checkpoint id any read returned.
+fn newest_checkpoint(history: &[Op]) -> u64 {
+    let reads = history.iter().filter(|op| op.f == "read-checkpoints" && op.op_type == OpType::Ok);
+    reads.filter_map(|op| op.value["latest"].as_u64()).max().unwrap_or(0)
+}
+
 fn count(history: &[Op], f: &str, outcome: OpType) -> usize {
     jepsen::history::pair(history).iter().filter(|c| c.invoke.f == f && c.outcome() == outcome).count()
 }
 
-/// Every seed passes every checker. With `JM_SIM_SEED` set, that one seed runs here; otherwise each seed runs in a
-/// child process of its own (this test, with `JM_SIM_SEED`), [`SEED_PROCESSES`] at a time: a simulation replays
-/// exactly only alone in its process (see the module doc), so a failing seed's replay command reproduces the very
-/// run that failed.
+/// Every seed passes every checker. Each seed runs in a child process of its own (this test again, marked by
+/// `JM_SIM_CHILD`), [`SEED_PROCESSES`] at a time, in a private working directory: a simulation replays exactly
+/// only alone in its process and with the same paths (see the module doc), so a failing seed's replay command,
+/// which takes the same way, reproduces the very run that failed.
 #[test]
 fn seeded_chaos_runs_pass_every_checker() {
-    if let Some(seed) = env_u64("JM_SIM_SEED") {
+    if std::env::var_os(CHILD).is_some() {
+        let seed = env_u64("JM_SIM_SEED").expect("a seed's process is given its seed");
         if let Some(failure) = check_seed(seed) {
             panic!("{failure}");
         }
         return;
     }
     let seeds = seeds();
+    let history_dir = std::env::var_os("JM_SIM_HISTORY_DIR").map(|d| std::path::absolute(d).expect("a usable path"));
     let next = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..seeds.len().min(SEED_PROCESSES) {
             scope.spawn(|| {
                 while let Some(seed) = seeds.get(next.fetch_add(1, Ordering::Relaxed) as usize).copied() {
-                    if let Err(failure) = run_seed_process(seed) {
-                        lock(&failures).push(failure);
+                    match run_seed_process(seed, history_dir.as_deref()) {
+                        Ok(output) => {
+                            for line in output.lines().filter(|l| l.starts_with("sim seed ")) {
+                                eprintln!("{line}");
+                            }
+                        }
+                        Err(failure) => lock(&failures).push(failure),
                     }
                 }
             });
@@ -905,19 +1075,27 @@ fn seeded_chaos_runs_pass_every_checker() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-/// Runs one seed in a child process; its output if it failed.
-fn run_seed_process(seed: u64) -> Result<(), String> {
-    let output = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+/// Marks the child process of one seed.
+const CHILD: &str = "JM_SIM_CHILD";
+
+/// Runs one seed in a child process with a private working directory (its history kept in `history_dir`): the
+/// child's output, or a failure report holding it.
+fn run_seed_process(seed: u64, history_dir: Option<&Path>) -> Result<String, String> {
+    let work = tempfile::tempdir().map_err(|e| format!("seed {seed}: no temporary directory: {e}"))?;
+    let mut command = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+    command
         .args(["--exact", "seeded_chaos_runs_pass_every_checker", "--nocapture", "--test-threads", "1"])
-        .env("JM_SIM_SEED", seed.to_string())
-        .output()
-        .map_err(|e| format!("seed {seed}: cannot start its process: {e}"))?;
+        .current_dir(work.path())
+        .env(CHILD, "1")
+        .env("JM_SIM_SEED", seed.to_string());
+    match history_dir {
+        Some(dir) => command.env("JM_SIM_HISTORY_DIR", dir),
+        None => command.env_remove("JM_SIM_HISTORY_DIR"),
+    };
+    let output = command.output().map_err(|e| format!("seed {seed}: cannot start its process: {e}"))?;
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    for line in text.lines().filter(|l| l.starts_with("sim seed ")) {
-        eprintln!("{line}");
-    }
     if output.status.success() {
-        Ok(())
+        Ok(text)
     } else {
         Err(format!("seed {seed} failed ({}):\n{}", output.status, text.trim()))
     }
@@ -929,11 +1107,14 @@ fn check_seed(seed: u64) -> Option<String> {
     let run = run_chaos(seed);
     let verdicts = check(&run.history);
     eprintln!(
-        "sim seed {seed}: {} events, {} ok writes, {} ok reads, {} ok submits, {} faults, {:?} simulated in {:?}: {}",
+        "sim seed {seed}: {} events, {} ok writes, {} ok reads, {} ok submits, {} ok checkpoint reads (newest \
+         checkpoint {}), {} faults, {:?} simulated in {:?}: {}",
         run.history.len(),
         count(&run.history, "write", OpType::Ok),
         count(&run.history, "read", OpType::Ok),
         count(&run.history, "submit", OpType::Ok),
+        count(&run.history, "read-checkpoints", OpType::Ok),
+        newest_checkpoint(&run.history),
         run.schedule.len(),
         run.simulated,
         started.elapsed(),
@@ -1035,13 +1216,15 @@ async fn restart_all_client(
 /// the restored leader confirms a read index before it re-learns its commit index. Whether a read lands in the gap
 /// depends on the timing of each round, so the round is repeated [`RESTART_ALL_ROUNDS`] times. Before the
 /// simulation was deterministic, 7 runs of 7 failed with the fix reverted (1 to 6 stale reads of 30 rounds each,
-/// and the linearizability checker flagged each run); since, seed 7 run alone reads stale values in rounds 10 and 19
-/// on every run with the fix reverted, and none with it. The seeded chaos runs did not find it with the fix reverted (seeds 1 to 6, twice): their
-/// restart-all is one fault among seven, and a read must land in the window.
+/// and the linearizability checker flagged each run); since, seed 7 reads stale values in rounds 10, 19 and 27 on
+/// every run with the fix reverted, and none with it. The seeded chaos runs did not find it with the fix reverted
+/// (seeds 1 to 6, twice): their restart-all is one fault among several, and a read must land in the window.
 #[test]
 fn restart_all_reads_the_last_acknowledged_write() {
     let seed = env_u64("JM_SIM_SEED").unwrap_or(RESTART_ALL_SEED);
-    let World { mut sim, machines, ctx, now_ns, _dir } = world(seed);
+    // No TaskManagers: the scenario is about reads after a restart, and TaskManager traffic would only change its
+    // timing.
+    let World { mut sim, machines, ctx, now_ns, _dir } = world(seed, 0, Files::Temporary);
     let restart = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(Mutex::new(Vec::new()));
     sim.client("jepsen", restart_all_client(ctx.clone(), restart.clone(), rounds.clone()));
@@ -1055,7 +1238,7 @@ fn restart_all_reads_the_last_acknowledged_write() {
             ctx.recorder.nemesis("start", "restart-all");
             for id in 1..=REPLICAS {
                 let down = if id == leader { Duration::ZERO } else { followers_later };
-                kill_and_restart(&mut sim, &machines, id, down);
+                kill_and_restart(&mut sim, &machines[&id], &host_name(id), down);
             }
             ctx.recorder.nemesis("stop", "restart-all");
             restarts += 1;
@@ -1098,8 +1281,8 @@ fn restart_all_reads_the_last_acknowledged_write() {
     assert_eq!(rounds.len(), RESTART_ALL_ROUNDS);
 }
 
-/// The fault schedule is a pure function of the seed (what `JM_SIM_SEED` replays exactly), its windows do not
-/// overlap, and they end before the run does (the heal at the end finds nothing still scheduled).
+/// The fault schedule is a pure function of the seed, its windows do not overlap, they end before the run does (the
+/// heal at the end finds nothing still scheduled), and the default seeds draw every kind of fault.
 #[test]
 fn a_seed_fixes_its_fault_schedule() {
     assert_eq!(schedule(11), schedule(11));
@@ -1112,6 +1295,10 @@ fn a_seed_fixes_its_fault_schedule() {
         }
         assert!(windows.iter().all(|w| w.start < w.end && w.end < RUN_FOR && (1..=REPLICAS).contains(&w.pick)));
     }
+    // The seeds CI runs cover every kind of fault.
+    let drawn: Vec<Fault> = (1..=DEFAULT_SEEDS).flat_map(schedule).map(|w| w.fault).collect();
+    let missing: Vec<&Fault> = FAULTS.iter().filter(|f| !drawn.contains(f)).collect();
+    assert!(missing.is_empty(), "seeds 1 to {DEFAULT_SEEDS} never draw {missing:?}");
 }
 
 /// The seed of [`a_seed_replays_event_for_event`].
@@ -1135,23 +1322,20 @@ fn a_seed_replays_event_for_event() {
     }
     let seed = env_u64("JM_SIM_SEED").unwrap_or(REPLAY_SEED);
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let runs: Vec<std::process::Child> = (0..2)
-        .map(|run| {
-            let out = dir.path().join(format!("run{run}"));
-            std::fs::create_dir_all(&out).expect("the run's directory");
-            std::process::Command::new(std::env::current_exe().expect("this test binary"))
-                .args(["--exact", "seeded_chaos_runs_pass_every_checker", "--test-threads", "1"])
-                .env("JM_SIM_SEED", seed.to_string())
-                .env("JM_SIM_HISTORY_DIR", &out)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("a run of the seed")
-        })
-        .collect();
-    for mut child in runs {
-        assert!(child.wait().expect("the run ends").success(), "seed {seed} failed its checks: run it alone");
-    }
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..2)
+            .map(|run| {
+                let out = dir.path().join(format!("run{run}"));
+                std::fs::create_dir_all(&out).expect("the run's directory");
+                scope.spawn(move || run_seed_process(seed, Some(&out)))
+            })
+            .collect();
+        for run in runs {
+            if let Err(failure) = run.join().expect("a run") {
+                panic!("{failure}");
+            }
+        }
+    });
     let read = |run: usize| {
         let path = dir.path().join(format!("run{run}")).join(format!("sim-{seed}.jsonl"));
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

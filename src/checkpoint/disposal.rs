@@ -143,10 +143,10 @@ pub async fn run(node: Arc<ReplicaNode>) {
 /// Deletes one savepoint's directory and commits the outcome, retrying the commit until the cluster takes it.
 async fn dispose(node: Arc<ReplicaNode>, request_id: String, path: String) {
     let target = path.clone();
-    let outcome = match tokio::task::spawn_blocking(move || storage::dispose(Path::new(&target))).await {
+    let outcome = match crate::blocking::run(move || storage::dispose(Path::new(&target))).await {
         Ok(Ok(())) => DisposalOutcome::Disposed,
         Ok(Err(e)) => DisposalOutcome::Failed { message: e.to_string() },
-        Err(e) => DisposalOutcome::Failed { message: format!("deleting {path} panicked: {e}") },
+        Err(e) => DisposalOutcome::Failed { message: format!("deleting {path}: {e}") },
     };
     loop {
         let at_ms = node.clock().now_ms();

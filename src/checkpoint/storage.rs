@@ -24,7 +24,7 @@
 //!   here checks that.
 //! * Job ids are trusted to be path-safe (the dispatcher only issues 32 lowercase hex characters).
 //! * Only this module does I/O among the checkpoint components; it is synchronous, so async callers run it on a
-//!   blocking thread (`tokio::task::spawn_blocking`). That includes what savepoint disposal needs: [`inspect`] (is
+//!   blocking thread ([`crate::blocking::run`]). That includes what savepoint disposal needs: [`inspect`] (is
 //!   this a checkpoint?), [`same_dir`] and [`dispose`].
 
 use std::fs::{self, File};

@@ -356,12 +356,12 @@ impl Dispatcher {
         self.node.read_barrier(Consistency::Linearizable).await?;
         let uses = self.node.state().read(|s| PathUses::of(&s.cluster));
         let owned = path.to_string();
-        let checked = tokio::task::spawn_blocking(move || {
+        let checked = crate::blocking::run(move || {
             let found = storage::inspect(std::path::Path::new(&owned));
             found.map(|found| (found, uses.check(&owned, storage::same_dir)))
         })
         .await
-        .map_err(|e| DispatchError::Cluster(ClusterError::Fatal { detail: format!("path check panicked: {e}") }))?;
+        .map_err(|e| DispatchError::Cluster(ClusterError::Fatal { detail: format!("path check: {e}") }))?;
         let job_id = match checked {
             Err(e) => return Err(invalid(e.to_string())),
             Ok((Found::Nothing, _)) => {

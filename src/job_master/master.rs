@@ -542,9 +542,9 @@ impl JobMaster {
     /// Checks that `path` holds a completed checkpoint or savepoint whose state fits this job's graph.
     async fn check_restore_point(&self, path: &str) -> Result<(), String> {
         let dir = PathBuf::from(path);
-        let metadata = tokio::task::spawn_blocking(move || storage::read_metadata(&dir))
+        let metadata = crate::blocking::run(move || storage::read_metadata(&dir))
             .await
-            .map_err(|e| format!("reading {path} panicked: {e}"))?
+            .map_err(|e| format!("reading {path}: {e}"))?
             .map_err(|e| format!("cannot restore from {path}: {e}"))?;
         let allow_unclaimed = self.graph.spec.savepoint.as_ref().is_some_and(|s| s.allow_non_restored_state);
         for saved in &metadata.vertices {
@@ -743,11 +743,11 @@ impl JobMaster {
         let completed_at_ms = self.now_ms();
         let metadata = self.metadata(&pending, completed_at_ms);
         let metadata_dir = dir.clone();
-        let stored = tokio::task::spawn_blocking(move || storage::write_metadata(&metadata_dir, &metadata)).await;
+        let stored = crate::blocking::run(move || storage::write_metadata(&metadata_dir, &metadata)).await;
         let metadata_bytes = match stored {
             Ok(Ok(bytes)) => bytes,
             Ok(Err(e)) => return self.pending_failed(pending, &format!("cannot write metadata: {e}")).await,
-            Err(e) => return self.pending_failed(pending, &format!("metadata writer panicked: {e}")).await,
+            Err(e) => return self.pending_failed(pending, &format!("metadata writer: {e}")).await,
         };
         let state_size = pending.state_size() + metadata_bytes;
         let path = dir.to_string_lossy().into_owned();
@@ -1009,7 +1009,7 @@ fn discard_in_background(dirs: Vec<PathBuf>) {
     if dirs.is_empty() {
         return;
     }
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::detach(move || {
         for dir in dirs {
             if let Err(e) = storage::discard(&dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot delete discarded checkpoint");

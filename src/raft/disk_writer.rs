@@ -1,11 +1,11 @@
 //! The disk writer: one thread that applies every engine write of a replica, in order, and
 //! group-commits its flushes.
 //!
-//! An engine that never blocks (in memory: [`Engine::never_blocks`]) gets no thread: its writes and flushes run
-//! on the caller's task as they are submitted, and a durability callback fires before `on_durable` returns. The
-//! invariants below hold in both modes; inline, the group of a flush is the one callback. This is what makes a
-//! replica in the deterministic simulation (`jepsen/tests/sim.rs`) deterministic: a thread's scheduling would
-//! decide how much virtual time passes before a write is durable.
+//! A writer started on a thread that runs blocking work inline ([`crate::blocking`]: the deterministic simulation)
+//! gets no thread: its writes and flushes run on the caller's task as they are submitted, and a durability callback
+//! fires before `on_durable` returns. The invariants below hold in both modes; inline, the group of a flush is the
+//! one callback. A thread's scheduling would otherwise decide how much virtual time passes before a write is
+//! durable, and the simulation could not replay a seed.
 //!
 //! Raft must not wait on the disk in its event loop: a blocking engine call on a tokio worker stalls
 //! heartbeats, replication and client requests alike, and sled can block for milliseconds while its
@@ -51,8 +51,8 @@ pub struct DiskWriter {
 enum Mode {
     /// Writes go to the writer thread.
     Thread(mpsc::Sender<Op>),
-    /// The engine never blocks ([`Engine::never_blocks`]): every call runs on the caller's task, at once. A
-    /// durability callback flushes and fires before `on_durable` returns.
+    /// Started on a thread that runs blocking work inline ([`crate::blocking`]): every call runs on the caller's
+    /// task, at once. A durability callback flushes and fires before `on_durable` returns.
     Inline(Arc<Inline>),
 }
 
@@ -67,9 +67,9 @@ fn stopped() -> StoreError {
 }
 
 impl DiskWriter {
-    /// Starts the writer for `engine`: a thread, unless the engine never blocks.
+    /// Starts the writer for `engine`: a thread, unless this thread runs blocking work inline.
     pub fn start(engine: Arc<dyn Engine>) -> Result<Self, StoreError> {
-        if engine.never_blocks() {
+        if crate::blocking::inline() {
             let inline = Inline { engine, failed: Mutex::new(None) };
             return Ok(Self { mode: Mode::Inline(Arc::new(inline)) });
         }
@@ -191,37 +191,10 @@ fn remove_range(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::storage::{MemoryEngine, Pair};
+    use crate::raft::storage::MemoryEngine;
 
-    /// A memory engine that says it may block, so its writer gets the thread.
-    #[derive(Default)]
-    struct Threaded(MemoryEngine);
-
-    impl Engine for Threaded {
-        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            self.0.get(key)
-        }
-        fn write(&self, batch: Vec<Change>) -> Result<(), StoreError> {
-            self.0.write(batch)
-        }
-        fn scan(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Vec<Pair>, StoreError> {
-            self.0.scan(from, to)
-        }
-        fn scan_keys(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Vec<Vec<u8>>, StoreError> {
-            self.0.scan_keys(from, to)
-        }
-        fn last_in(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Option<Pair>, StoreError> {
-            self.0.last_in(from, to)
-        }
-        fn flush(&self) -> Result<(), StoreError> {
-            self.0.flush()
-        }
-        fn size_on_disk(&self) -> u64 {
-            0
-        }
-    }
-
-    async fn writes_apply_in_order_and_flush_waits_for_them(engine: Arc<dyn Engine>) {
+    async fn writes_apply_in_order_and_flush_waits_for_them() {
+        let engine = Arc::new(MemoryEngine::default());
         let writer = DiskWriter::start(engine.clone()).unwrap();
         writer.write(vec![(b"a".to_vec(), Some(b"1".to_vec())), (b"b".to_vec(), Some(b"2".to_vec()))]).unwrap();
         writer
@@ -235,22 +208,22 @@ mod tests {
 
     #[tokio::test]
     async fn on_a_thread_writes_apply_in_order_and_flush_waits_for_them() {
-        let engine = Arc::new(Threaded::default());
-        assert!(matches!(DiskWriter::start(engine.clone()).unwrap().mode, Mode::Thread(_)));
-        writes_apply_in_order_and_flush_waits_for_them(engine).await;
+        assert!(matches!(DiskWriter::start(Arc::new(MemoryEngine::default())).unwrap().mode, Mode::Thread(_)));
+        writes_apply_in_order_and_flush_waits_for_them().await;
     }
 
     #[tokio::test]
     async fn inline_writes_apply_in_order_and_flush_waits_for_them() {
-        let engine = Arc::new(MemoryEngine::default());
-        assert!(matches!(DiskWriter::start(engine.clone()).unwrap().mode, Mode::Inline(_)));
-        writes_apply_in_order_and_flush_waits_for_them(engine).await;
+        crate::blocking::run_inline_on_this_thread();
+        assert!(matches!(DiskWriter::start(Arc::new(MemoryEngine::default())).unwrap().mode, Mode::Inline(_)));
+        writes_apply_in_order_and_flush_waits_for_them().await;
     }
 
     /// Inline, a callback has fired when `on_durable` returns, and it may write through the same writer (openraft's
     /// callbacks wake tasks that write next; a lock held across the callback would deadlock them).
     #[test]
     fn an_inline_callback_fires_at_once_and_may_write_again() {
+        crate::blocking::run_inline_on_this_thread();
         let engine = Arc::new(MemoryEngine::default());
         let writer = DiskWriter::start(engine.clone()).unwrap();
         let fired = Arc::new(Mutex::new(None));

@@ -140,15 +140,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let started = std::time::Instant::now();
         let copy = self.store.state.read(|s| s.clone());
         let cluster = copy.cluster;
-        // Encoding a large state takes milliseconds: off the runtime, unless the engine asks for everything inline
-        // (a deterministic simulation, where a thread's timing would change the run).
-        let data = if self.store.engine.never_blocks() {
-            encode_record(&cluster)
-        } else {
-            tokio::task::spawn_blocking(move || encode_record(&cluster))
-                .await
-                .map_err(|e| sm_err(ErrorVerb::Read, StoreError::Io(format!("snapshot encoder panicked: {e}"))))?
-        };
+        // Encoding a large state takes milliseconds: off the runtime.
+        let data = crate::blocking::run(move || encode_record(&cluster))
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Read, StoreError::Io(format!("snapshot encoder: {e}"))))?;
         let n = self.store.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
         let snapshot_id = match copy.last_applied {
             Some(l) => format!("{}-{}-{n}", l.leader_id.term, l.index),

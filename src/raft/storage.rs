@@ -68,13 +68,6 @@ pub trait Engine: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
     /// Bytes the engine occupies on disk (0 for memory).
     fn size_on_disk(&self) -> u64;
-    /// True if no call ever blocks (an engine in memory): the stores then do all their storage work on the
-    /// caller's task, with no thread of their own (the [`DiskWriter`](super::DiskWriter)'s writes and flushes,
-    /// snapshot encoding), so the replica's timing depends on nothing but its async runtime. A deterministic
-    /// simulation needs exactly that; a real disk must not do it.
-    fn never_blocks(&self) -> bool {
-        false
-    }
 }
 
 /// sled, the engine of a real replica.
@@ -191,10 +184,6 @@ impl Engine for MemoryEngine {
 
     fn size_on_disk(&self) -> u64 {
         0
-    }
-
-    fn never_blocks(&self) -> bool {
-        true
     }
 }
 

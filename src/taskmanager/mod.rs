@@ -23,7 +23,7 @@
 pub mod protocol;
 pub mod runtime;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -118,7 +118,8 @@ pub struct TaskManager {
     config: TaskManagerConfig,
     stats: TaskManagerStats,
     gateway: Arc<dyn JobManagerGateway>,
-    jobs: Mutex<HashMap<JobId, JobEntry>>,
+    /// By job, in id order: heartbeats list them in a stable order (the simulation replays it).
+    jobs: Mutex<BTreeMap<JobId, JobEntry>>,
     /// The replica believed to lead, and the next replica to try otherwise.
     leader: Mutex<(Option<String>, usize)>,
     events: mpsc::Sender<TaskEvent>,
@@ -134,7 +135,7 @@ impl TaskManager {
             config,
             stats: TaskManagerStats::default(),
             gateway,
-            jobs: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(BTreeMap::new()),
             leader: Mutex::new((None, 0)),
             events,
             deploying: tokio::sync::Mutex::new(()),
@@ -159,7 +160,7 @@ impl TaskManager {
         &self.stats
     }
 
-    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, JobEntry>> {
+    fn jobs(&self) -> std::sync::MutexGuard<'_, BTreeMap<JobId, JobEntry>> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -482,7 +483,7 @@ impl TaskExecutorHandler for Arc<TaskManager> {
 
 /// Drops deployments that ended more than [`KEEP_TERMINAL`] ago. The job's entry, with its newest token, stays:
 /// forgetting the token would let a deposed JobMaster deploy the job again.
-fn forget_old_terminal(jobs: &mut HashMap<JobId, JobEntry>) {
+fn forget_old_terminal(jobs: &mut BTreeMap<JobId, JobEntry>) {
     let now = Instant::now();
     for entry in jobs.values_mut() {
         for running in entry.deployments.values_mut() {

@@ -3,7 +3,8 @@
 //!
 //! Messages are the bincode-encoded Rust types of [`crate::taskmanager::protocol`], in one `bytes` field: the
 //! protocol is internal, between binaries of the same version. One lazily connected HTTP/2 channel per address is
-//! reused for every call.
+//! reused for every call; how it connects is injectable (`with_connector`, as for the peer transport), so the
+//! deterministic simulation runs TaskManagers on its simulated network.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,7 @@ use super::pb::TaskManagerEnvelope;
 use super::tm_pb::task_executor_client::TaskExecutorClient;
 use super::tm_pb::task_executor_server::{TaskExecutor, TaskExecutorServer};
 use super::tm_pb::Envelope;
+use super::Connector;
 use crate::raft::command::{decode, encode};
 use crate::taskmanager::protocol::{
     BoxFuture, FromJobManager, FromTaskManager, GatewayError, JobManagerGateway, TaskExecutorGateway,
@@ -32,21 +34,28 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// One reused channel per address (also used for replica-to-replica client calls, `runtime`).
 #[derive(Default)]
-pub(super) struct Channels(Mutex<HashMap<String, Channel>>);
+pub(super) struct Channels {
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Opens channels some other way than TCP (a simulated network).
+    connector: Option<Connector>,
+}
 
 impl Channels {
     pub(super) fn get(&self, addr: &str) -> Result<Channel, GatewayError> {
-        let mut channels = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| GatewayError::Unreachable(format!("bad address {addr}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = match &self.connector {
+            Some(connect) => connect(&endpoint),
+            None => endpoint.connect_lazy(),
+        };
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }
@@ -83,6 +92,12 @@ impl GrpcTaskExecutorGateway {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// The same gateway, opening its channels with `connector` instead of over TCP.
+    pub fn with_connector(mut self, connector: Connector) -> Self {
+        self.channels.connector = Some(connector);
+        self
+    }
 }
 
 impl TaskExecutorGateway for GrpcTaskExecutorGateway {
@@ -118,6 +133,12 @@ impl GrpcJobManagerGateway {
     /// A gateway with no connections yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same gateway, opening its channels with `connector` instead of over TCP.
+    pub fn with_connector(mut self, connector: Connector) -> Self {
+        self.channels.connector = Some(connector);
+        self
     }
 }
 
@@ -171,9 +192,23 @@ pub async fn serve_task_executor(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    serve_task_executor_on(handler, super::incoming(listener), shutdown).await
+}
+
+/// Serves the `TaskExecutor` service on the connections `incoming` yields (any transport) until `shutdown` resolves.
+pub async fn serve_task_executor_on<S, IO, E>(
+    handler: Arc<dyn TaskExecutorHandler>,
+    incoming: S,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error>
+where
+    S: tokio_stream::Stream<Item = Result<IO, E>>,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     tonic::transport::Server::builder()
         .add_service(task_executor_server(handler))
-        .serve_with_incoming_shutdown(super::incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
 

@@ -37,6 +37,12 @@ async fn prometheus(State(tm): State<Arc<TaskManager>>) -> impl IntoResponse {
 }
 
 async fn overview(State(tm): State<Arc<TaskManager>>) -> impl IntoResponse {
+    Json(overview_json(&tm))
+}
+
+/// What `GET /` answers: the TaskManager's id, address, slots and zone, and every deployment it runs with its fencing
+/// token and subtasks (also read directly by the deterministic simulation, which has no HTTP).
+pub fn overview_json(tm: &TaskManager) -> serde_json::Value {
     let config = tm.config();
     let deployments: Vec<_> = tm
         .reports()
@@ -53,11 +59,11 @@ async fn overview(State(tm): State<Arc<TaskManager>>) -> impl IntoResponse {
             })
         })
         .collect();
-    Json(json!({
+    json!({
         "id": tm.id(),
         "address": config.advertise,
         "slots": config.slots,
         "zone": config.zone,
         "deployments": deployments,
-    }))
+    })
 }

@@ -427,7 +427,7 @@ async fn plan_restore(
         })
         .collect();
     let path = dir.clone();
-    tokio::task::spawn_blocking(move || load_restore(&dir, &shapes))
+    crate::blocking::run(move || load_restore(&dir, &shapes))
         .await
         .map_err(|e| RuntimeError::Restore { path, reason: format!("the restore reader failed: {e}") })?
 }

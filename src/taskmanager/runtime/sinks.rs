@@ -281,7 +281,7 @@ impl FileSink {
 /// Fsyncs a directory on the blocking pool (a directory fsync can take milliseconds).
 async fn sync_dir_async(dir: &Path) -> std::io::Result<()> {
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || sync_dir(&dir)).await.map_err(std::io::Error::other)?
+    crate::blocking::run(move || sync_dir(&dir)).await.map_err(std::io::Error::other)?
 }
 
 /// `(subtask, n)` of a committed part file `part-<vertex>-<subtask>-<n>` of `vertex`.

@@ -147,7 +147,7 @@ pub fn state_file_name(vertex: &str, subtask: u32) -> String {
     format!("{vertex}-{subtask}.state")
 }
 
-/// Writes `snapshot` atomically into `dir` and returns its path and size. Blocking: call from `spawn_blocking`.
+/// Writes `snapshot` atomically into `dir` and returns its path and size. Blocking: call through [`crate::blocking::run`].
 pub fn write_snapshot(dir: &Path, snapshot: &SubtaskSnapshot) -> std::io::Result<(PathBuf, u64)> {
     use std::io::Write;
     let bytes = serde_json::to_vec(snapshot).map_err(std::io::Error::other)?;

@@ -100,7 +100,7 @@ impl DeploymentShared {
     pub async fn write_and_ack(&self, cell: &SubtaskCell, barrier: &Barrier, mut snapshot: SubtaskSnapshot) {
         snapshot.checkpoint_id = barrier.checkpoint_id;
         let dir = barrier_dir(&self.checkpoint_dir, barrier);
-        let written = tokio::task::spawn_blocking(move || write_snapshot(&dir, &snapshot)).await;
+        let written = crate::blocking::run(move || write_snapshot(&dir, &snapshot)).await;
         let (vertex, subtask, checkpoint_id) = (cell.vertex.clone(), cell.subtask, barrier.checkpoint_id);
         let (job_id, attempt) = (self.job_id.clone(), self.attempt);
         let event = match written {
