@@ -668,11 +668,7 @@ async fn client_loop(ctx: Arc<Ctx>, holder: Arc<String>, seed: u64) {
             let op = w::read(c, &holder, key);
             w::record(r, process, "read", Some(key.to_string()), Value::Null, Some(node), op).await
         } else if roll < 70 {
-            let job = {
-                let jobs = lock(&ctx.checkpoint_jobs);
-                (!jobs.is_empty()).then(|| jobs[rng.gen_range(0..jobs.len())].clone())
-            };
-            match job {
+            match pick_job(&ctx.checkpoint_jobs, &mut rng) {
                 Some(job_id) => {
                     let op = w::read_checkpoints(c, &job_id);
                     w::record(r, process, "read-checkpoints", Some(job_id.clone()), Value::Null, Some(node), op).await
@@ -690,11 +686,7 @@ async fn client_loop(ctx: Arc<Ctx>, holder: Arc<String>, seed: u64) {
             r.complete(pending, outcome.op_type, outcome.value, outcome.error);
             op_type
         } else if roll < 90 {
-            let job = {
-                let submitted = lock(&ctx.submitted);
-                (!submitted.is_empty()).then(|| submitted[rng.gen_range(0..submitted.len())].clone())
-            };
-            match job {
+            match pick_job(&ctx.submitted, &mut rng) {
                 Some(job_id) => {
                     let op = w::cancel(c, &job_id);
                     w::record(r, process, "cancel", Some(job_id.clone()), Value::Null, Some(node), op).await
@@ -709,6 +701,12 @@ async fn client_loop(ctx: Arc<Ctx>, holder: Arc<String>, seed: u64) {
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(5..60))).await;
     }
+}
+
+/// A random one of `jobs`, if there is any.
+fn pick_job(jobs: &Mutex<Vec<String>>, rng: &mut StdRng) -> Option<String> {
+    let jobs = lock(jobs);
+    (!jobs.is_empty()).then(|| jobs[rng.gen_range(0..jobs.len())].clone())
 }
 
 /// Every 250 ms: the slot leases through one replica (in turn), and what each TaskManager runs, read from the
