@@ -17,9 +17,24 @@ pub fn jm() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_jm"))
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1 for a process the test starts, below the kernel's ephemeral range (32768 and up on
+/// Linux). A port found by binding port 0 comes from that range, and any outgoing connection on the machine can take
+/// it before the process binds it; a replica that lost its port that way died at startup, and the cluster never
+/// agreed on a leader. Ports here come from one counter per test binary, from an offset drawn per process, and are
+/// checked free by binding them.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    static OFFSET: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let offset = *OFFSET.get_or_init(|| rand::random::<u32>() % SPAN);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (FIRST + (offset + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One replica process.
@@ -225,7 +240,9 @@ impl TestCluster {
             if let Some(leader) = self.agreed_leader().await {
                 return leader;
             }
-            assert!(tokio::time::Instant::now() < deadline, "no agreed leader within {timeout:?}");
+            if tokio::time::Instant::now() >= deadline {
+                panic!("no agreed leader within {timeout:?}\n{}", self.diagnosis().await);
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -244,6 +261,27 @@ impl TestCluster {
         let s = self.status(leader?).await?;
         let me = s.replicas.iter().find(|r| Some(r.node_id) == leader)?;
         me.leader_services_active.then_some(leader?)
+    }
+
+    /// What each replica says of itself, and the end of its log: for a test that gives up waiting.
+    pub async fn diagnosis(&self) -> String {
+        let mut text = String::new();
+        for r in &self.replicas {
+            let status = match &r.child {
+                None => "killed by the test".to_string(),
+                Some(_) => match self.status(r.id).await {
+                    Some(s) => format!("leader {:?}, term {}", s.leader, s.term),
+                    None => "no answer to ClusterStatus".to_string(),
+                },
+            };
+            let log = self.log(r.id);
+            let tail: Vec<&str> = log.lines().rev().take(8).collect();
+            text.push_str(&format!("replica {}: {status}; last log lines:\n", r.id));
+            for line in tail.into_iter().rev() {
+                text.push_str(&format!("  {}\n", line.chars().take(400).collect::<String>()));
+            }
+        }
+        text
     }
 
     /// A live replica that is not the leader.
