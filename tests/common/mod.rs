@@ -28,13 +28,14 @@ pub fn free_port() -> u16 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     static OFFSET: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let offset = *OFFSET.get_or_init(|| rand::random::<u32>() % SPAN);
-    loop {
+    for _ in 0..SPAN {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let port = (FIRST + (offset + n) % SPAN) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("no free port on 127.0.0.1 from {FIRST} to {}", FIRST + SPAN - 1);
 }
 
 /// One replica process.
