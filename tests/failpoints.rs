@@ -123,6 +123,18 @@ mod with_failpoints {
         }
     }
 
+    /// Arms `failpoint` with `1*return` on replica `id`, which is to die at it. The replica's own background writes
+    /// (a leader's JobMasters record status changes and "waiting for slots" without any client) can make it die
+    /// there before its reply leaves the process: a lost reply is accepted, and the caller checks the exit and the
+    /// log line that say it died at this failpoint.
+    async fn arm_to_crash(cluster: &TestCluster, id: u64, failpoint: &str) {
+        let request = SetFailpointRequest { name: failpoint.into(), action: "1*return".into() };
+        if let Err(status) = admin(cluster, id).await.set_failpoint(request).await {
+            let lost_reply = matches!(status.code(), tonic::Code::Unknown | tonic::Code::Unavailable);
+            assert!(lost_reply, "arming {failpoint} on replica {id} was refused: {status}");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unknown_failpoints_and_bad_actions_are_refused_with_the_known_ones() {
         let cluster = TestCluster::start(1, &[]);
@@ -159,8 +171,7 @@ mod with_failpoints {
                 acked.insert(job);
                 last_index = last_index.max(index);
             }
-            let request = SetFailpointRequest { name: failpoint.into(), action: "1*return".into() };
-            admin(&cluster, leader).await.set_failpoint(request).await.unwrap();
+            arm_to_crash(&cluster, leader, failpoint).await;
             // The next write makes the leader flush, and die there; it is acknowledged by the next leader.
             for _ in 0..5 {
                 let (job, index) = submit_until_acked(&cluster, &format!("fp-{n}")).await;
@@ -215,8 +226,7 @@ mod with_failpoints {
         let follower = cluster.follower_of(leader);
         let mut acked = BTreeSet::new();
         let mut last_index = 0;
-        let request = SetFailpointRequest { name: "disk-after-fsync".into(), action: "1*return".into() };
-        admin(&cluster, follower).await.set_failpoint(request).await.unwrap();
+        arm_to_crash(&cluster, follower, "disk-after-fsync").await;
         for i in 0..10 {
             let (job, index) = submit_until_acked(&cluster, &format!("lossy-fp-{i}")).await;
             acked.insert(job);
