@@ -50,3 +50,19 @@ pub async fn set(api: &str, name: &str, action: &str) -> Result<()> {
     connect(api).await?.set_failpoint(request).await.map_err(|s| anyhow!("{}: {}", s.code(), s.message()))?;
     Ok(())
 }
+
+/// Arms failpoint `name` on the replica at `api` to crash it at the next pass ([`CRASH_ONCE`]). A replica writes on
+/// its own too (a leader's JobMasters record status changes without any client), so it can die at the failpoint
+/// before its reply leaves the process: a reply lost once connected counts as armed, and the caller's hold finds
+/// out whether the replica died (else it disarms the failpoint).
+pub async fn arm_crash(api: &str, name: &str) -> Result<()> {
+    let request = SetFailpointRequest { name: name.to_string(), action: CRASH_ONCE.to_string() };
+    match connect(api).await?.set_failpoint(request).await {
+        Ok(_) => Ok(()),
+        Err(s) if matches!(s.code(), tonic::Code::Unknown | tonic::Code::Unavailable) => {
+            tracing::info!(api, failpoint = name, status = %s, "no reply to the arming; taken as armed");
+            Ok(())
+        }
+        Err(s) => Err(anyhow!("{}: {}", s.code(), s.message())),
+    }
+}

@@ -533,7 +533,7 @@ async fn run_nemesis(
                 let follower_too = fault != Fault::CrashAfterCheckpointCommit && rng.gen_bool(0.25);
                 let victim = if follower_too { ids[rng.gen_range(0..ids.len())] } else { target };
                 let name = fault.failpoint().unwrap_or_default();
-                match crate::failpoints::set(&apis[&victim], name, crate::failpoints::CRASH_ONCE).await {
+                match crate::failpoints::arm_crash(&apis[&victim], name).await {
                     Ok(()) => armed = Some((victim, name)),
                     Err(e) => tracing::warn!(victim, failpoint = name, error = %e, "could not arm the failpoint"),
                 }
