@@ -18,25 +18,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 
-/// A free TCP port on 127.0.0.1 for a process the harness starts (and restarts on the same port), below the kernel's
-/// ephemeral range (32768 and up on Linux): a port from that range, as binding port 0 gives, can be taken by any
-/// outgoing connection while its process is down, and the process then cannot come back. Ports come from one
-/// counter per run, from an offset drawn per process, and are checked free by binding them.
-pub fn free_port() -> Result<u16> {
-    const FIRST: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    static OFFSET: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let offset = *OFFSET.get_or_init(|| rand::random::<u32>() % SPAN);
-    for _ in 0..SPAN {
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port = (FIRST + (offset + n) % SPAN) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Err(anyhow!("no free port from {FIRST} to {}", FIRST + SPAN - 1))
-}
+/// Ports for the processes the harness starts (and restarts on the same port): below the ephemeral range, so no
+/// outgoing connection takes one while its process is down.
+pub use jobmanager::cli::local::free_port;
 
 /// The `jm` binary: `$JM_BIN`, else the workspace's release build, else its debug build.
 pub fn jm_binary() -> Result<PathBuf> {

@@ -199,10 +199,25 @@ pub fn spawn_task_manager(
     Ok((info, child))
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1 for a process started here (by `jm local`, the benchmarks, the tests and the chaos
+/// harness), below the kernel's ephemeral range (32768 and up on Linux). A port found by binding port 0 comes from
+/// that range, and any outgoing connection on the machine can take it before the process binds it, or while a killed
+/// process is down: a replica that lost its port that way dies at startup. Ports come from one counter per process,
+/// from an offset drawn per process, and are checked free by binding them.
 pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
-    Ok(l.local_addr()?.port())
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    static OFFSET: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let offset = *OFFSET.get_or_init(|| rand::random::<u32>() % SPAN);
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (FIRST + (offset + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on 127.0.0.1 from {FIRST} to {}", FIRST + SPAN - 1)
 }
 
 fn addresses(args: &LocalArgs, previous: Option<&ClusterFile>) -> Result<Vec<(u64, String, String)>> {

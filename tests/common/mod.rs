@@ -17,25 +17,10 @@ pub fn jm() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_jm"))
 }
 
-/// A free TCP port on 127.0.0.1 for a process the test starts, below the kernel's ephemeral range (32768 and up on
-/// Linux). A port found by binding port 0 comes from that range, and any outgoing connection on the machine can take
-/// it before the process binds it; a replica that lost its port that way died at startup, and the cluster never
-/// agreed on a leader. Ports here come from one counter per test binary, from an offset drawn per process, and are
-/// checked free by binding them.
+/// A free TCP port on 127.0.0.1 for a process the test starts, below the ephemeral range
+/// ([`jobmanager::cli::local::free_port`]).
 pub fn free_port() -> u16 {
-    const FIRST: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    static OFFSET: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let offset = *OFFSET.get_or_init(|| rand::random::<u32>() % SPAN);
-    for _ in 0..SPAN {
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port = (FIRST + (offset + n) % SPAN) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port on 127.0.0.1 from {FIRST} to {}", FIRST + SPAN - 1);
+    jobmanager::cli::local::free_port().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One replica process.
