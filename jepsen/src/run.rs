@@ -205,14 +205,17 @@ pub async fn run(options: &RunOptions) -> Result<Outcome> {
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(AtomicU64::new(1));
     let submitted: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let holder = Arc::new(setup.holder.clone());
+    let checkpoint_jobs = Arc::new(Mutex::new(setup.checkpoint_jobs.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..options.concurrency {
         let ctx = ClientCtx {
             recorder: recorder.clone(),
             clients: clients.clone(),
             apis: apis.clone(),
-            setup: setup.clone(),
+            holder: holder.clone(),
             counter: counter.clone(),
+            checkpoint_jobs: checkpoint_jobs.clone(),
             submitted: submitted.clone(),
             stop: stop.clone(),
         };
@@ -313,70 +316,32 @@ async fn set_up(clients: &Clients, apis: &BTreeMap<u64, String>) -> Result<Setup
     Ok(Setup { holder, checkpoint_jobs })
 }
 
+/// What a client task owns: the run's shared state, for the [`w::ClientLoop`] it runs.
 struct ClientCtx {
     recorder: Recorder,
     clients: Arc<Clients>,
     apis: BTreeMap<u64, String>,
-    setup: Arc<Setup>,
+    holder: Arc<String>,
     counter: Arc<AtomicU64>,
     submitted: Arc<Mutex<Vec<String>>>,
+    checkpoint_jobs: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
 
-/// One client: random operations through random replicas until the run ends. A process whose operation is
-/// indeterminate is retired and the client continues as a fresh process.
+/// One client of the mixed workload until the run ends.
 async fn client_loop(ctx: ClientCtx, seed: u64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut process = ctx.recorder.new_process();
-    let nodes: Vec<u64> = ctx.apis.keys().copied().collect();
-    while !ctx.stop.load(Ordering::Relaxed) {
-        let node = nodes[rng.gen_range(0..nodes.len())];
-        let c = ctx.clients.client(&ctx.apis[&node]);
-        let r = &ctx.recorder;
-        let roll = rng.gen_range(0..100);
-        let outcome = if roll < 30 {
-            let key = REGISTER_KEYS[rng.gen_range(0..REGISTER_KEYS.len())];
-            let value = ctx.counter.fetch_add(1, Ordering::Relaxed);
-            let op = w::write(c.clone(), &ctx.setup.holder, key, value);
-            w::record(r, process, "write", Some(key.to_string()), json!(value), Some(node), op).await
-        } else if roll < 60 {
-            let key = REGISTER_KEYS[rng.gen_range(0..REGISTER_KEYS.len())];
-            let op = w::read(c.clone(), &ctx.setup.holder, key);
-            w::record(r, process, "read", Some(key.to_string()), Value::Null, Some(node), op).await
-        } else if roll < 75 {
-            let client_id = format!("{}{}", w::SET_PREFIX, ctx.counter.fetch_add(1, Ordering::Relaxed));
-            let pending = r.invoke(process, "submit", Some(client_id.clone()), Value::Null, Some(node));
-            let outcome = w::submit(c.clone(), &client_id).await;
-            if let Some(job_id) = outcome.value["job_id"].as_str() {
-                lock(&ctx.submitted).push(job_id.to_string());
-            }
-            let op_type = outcome.op_type;
-            r.complete(pending, outcome.op_type, outcome.value, outcome.error);
-            op_type
-        } else if roll < 80 {
-            let job = {
-                let submitted = lock(&ctx.submitted);
-                (!submitted.is_empty()).then(|| submitted[rng.gen_range(0..submitted.len())].clone())
-            };
-            match job {
-                Some(job_id) => {
-                    let op = w::cancel(c.clone(), &job_id);
-                    w::record(r, process, "cancel", Some(job_id.clone()), Value::Null, Some(node), op).await
-                }
-                None => OpType::Ok,
-            }
-        } else if roll < 90 {
-            w::record(r, process, "read-jobs", None, Value::Null, Some(node), w::read_jobs(c.clone())).await
-        } else {
-            let job = &ctx.setup.checkpoint_jobs[rng.gen_range(0..ctx.setup.checkpoint_jobs.len())];
-            let op = w::read_checkpoints(c.clone(), job);
-            w::record(r, process, "read-checkpoints", Some(job.clone()), Value::Null, Some(node), op).await
-        };
-        if outcome == OpType::Info {
-            process = ctx.recorder.new_process();
-        }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(5..40))).await;
-    }
+    let client = w::ClientLoop {
+        recorder: &ctx.recorder,
+        clients: &ctx.clients,
+        apis: &ctx.apis,
+        keys: &REGISTER_KEYS,
+        holder: &ctx.holder,
+        counter: &ctx.counter,
+        submitted: &ctx.submitted,
+        checkpoint_jobs: &ctx.checkpoint_jobs,
+        stop: &ctx.stop,
+    };
+    client.run(seed).await;
 }
 
 /// A replica's view of itself, about four times a second, in a loop of its own: a replica that does not answer

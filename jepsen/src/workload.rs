@@ -9,12 +9,15 @@
 //! Classifying UNAVAILABLE as `fail` takes the cluster at its word; if it ever answers UNAVAILABLE for a write that
 //! took effect, the set and register checkers see the write appear and flag it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use jobmanager::api::grpc::pb::job_manager_client::JobManagerClient;
 use jobmanager::api::grpc::{pb, Connector};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -96,7 +99,7 @@ impl Clients {
 
     /// A client of the replica at `addr`.
     pub fn client(&self, addr: &str) -> JobManagerClient<Channel> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut channels = lock(&self.channels);
         let channel = channels.entry(addr.to_string()).or_insert_with(|| {
             let endpoint = Endpoint::from_shared(format!("http://{addr}"))
                 .expect("a host:port address")
@@ -296,4 +299,102 @@ where
     let op_type = outcome.op_type;
     recorder.complete(pending, outcome.op_type, outcome.value, outcome.error);
     op_type
+}
+
+/// One client of the mixed workload, the same in live runs and in the simulation: random operations through random
+/// replicas until `stop`. About a third are register writes, a quarter register reads, the rest submissions,
+/// cancels, job listings and checkpoint reads. A process whose operation is indeterminate is retired (a later
+/// operation of it could not be ordered after one that may still take effect) and the client goes on as a new one.
+pub struct ClientLoop<'a> {
+    pub recorder: &'a Recorder,
+    pub clients: &'a Clients,
+    /// The replicas' client API addresses, by id.
+    pub apis: &'a BTreeMap<u64, String>,
+    /// The registers: metadata keys of job `holder`.
+    pub keys: &'a [&'a str],
+    pub holder: &'a str,
+    /// Shared by the run's clients: written values and set-workload client ids are unique.
+    pub counter: &'a AtomicU64,
+    /// The set workload's acknowledged jobs, which cancels pick from.
+    pub submitted: &'a Mutex<Vec<String>>,
+    /// The checkpointing jobs whose checkpoints are read back, once submitted.
+    pub checkpoint_jobs: &'a Mutex<Vec<String>>,
+    pub stop: &'a AtomicBool,
+}
+
+impl ClientLoop<'_> {
+    /// Runs the client until `stop`; `seed` draws its replicas, operations and pauses.
+    pub async fn run(self, seed: u64) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut process = self.recorder.new_process();
+        let nodes: Vec<u64> = self.apis.keys().copied().collect();
+        while !self.stop.load(Ordering::Relaxed) {
+            let node = nodes[rng.gen_range(0..nodes.len())];
+            if self.random_operation(&mut rng, process, node).await == OpType::Info {
+                process = self.recorder.new_process();
+            }
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(5..60))).await;
+        }
+    }
+
+    /// One random operation by `process` through replica `node`, recorded; its outcome.
+    async fn random_operation(&self, rng: &mut StdRng, process: u64, node: u64) -> OpType {
+        let c = self.clients.client(&self.apis[&node]);
+        let r = self.recorder;
+        let roll = rng.gen_range(0..100);
+        let key = self.keys[rng.gen_range(0..self.keys.len())];
+        if roll < 35 {
+            let value = self.counter.fetch_add(1, Ordering::Relaxed);
+            record(
+                r,
+                process,
+                "write",
+                Some(key.to_string()),
+                json!(value),
+                Some(node),
+                write(c, self.holder, key, value),
+            )
+            .await
+        } else if roll < 62 {
+            record(r, process, "read", Some(key.to_string()), Value::Null, Some(node), read(c, self.holder, key)).await
+        } else if roll < 70 {
+            match pick(self.checkpoint_jobs, rng) {
+                Some(job_id) => {
+                    let op = read_checkpoints(c, &job_id);
+                    record(r, process, "read-checkpoints", Some(job_id.clone()), Value::Null, Some(node), op).await
+                }
+                None => OpType::Ok,
+            }
+        } else if roll < 85 {
+            let client_id = format!("{SET_PREFIX}{}", self.counter.fetch_add(1, Ordering::Relaxed));
+            let pending = r.invoke(process, "submit", Some(client_id.clone()), Value::Null, Some(node));
+            let outcome = submit(c, &client_id).await;
+            if let Some(job_id) = outcome.value["job_id"].as_str() {
+                lock(self.submitted).push(job_id.to_string());
+            }
+            let op_type = outcome.op_type;
+            r.complete(pending, outcome.op_type, outcome.value, outcome.error);
+            op_type
+        } else if roll < 90 {
+            match pick(self.submitted, rng) {
+                Some(job_id) => {
+                    let op = cancel(c, &job_id);
+                    record(r, process, "cancel", Some(job_id.clone()), Value::Null, Some(node), op).await
+                }
+                None => OpType::Ok,
+            }
+        } else {
+            record(r, process, "read-jobs", None, Value::Null, Some(node), read_jobs(c)).await
+        }
+    }
+}
+
+/// A random one of `jobs`, if there is any.
+fn pick(jobs: &Mutex<Vec<String>>, rng: &mut StdRng) -> Option<String> {
+    let jobs = lock(jobs);
+    (!jobs.is_empty()).then(|| jobs[rng.gen_range(0..jobs.len())].clone())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

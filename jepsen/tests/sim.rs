@@ -649,64 +649,20 @@ async fn submit_checkpoint_jobs(ctx: &Ctx) -> Result<(), String> {
     Ok(())
 }
 
-/// One client: random operations through random replicas until the run ends.
+/// One client of the mixed workload ([`w::ClientLoop`]) until the run ends.
 async fn client_loop(ctx: Arc<Ctx>, holder: Arc<String>, seed: u64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut process = ctx.recorder.new_process();
-    let nodes: Vec<NodeId> = ctx.apis.keys().copied().collect();
-    while !ctx.stop.load(Ordering::Relaxed) {
-        let node = nodes[rng.gen_range(0..nodes.len())];
-        let c = ctx.clients.client(&ctx.apis[&node]);
-        let r = &ctx.recorder;
-        let roll = rng.gen_range(0..100);
-        let key = REGISTER_KEYS[rng.gen_range(0..REGISTER_KEYS.len())];
-        let outcome = if roll < 35 {
-            let value = ctx.counter.fetch_add(1, Ordering::Relaxed);
-            let op = w::write(c, &holder, key, value);
-            w::record(r, process, "write", Some(key.to_string()), json!(value), Some(node), op).await
-        } else if roll < 62 {
-            let op = w::read(c, &holder, key);
-            w::record(r, process, "read", Some(key.to_string()), Value::Null, Some(node), op).await
-        } else if roll < 70 {
-            match pick_job(&ctx.checkpoint_jobs, &mut rng) {
-                Some(job_id) => {
-                    let op = w::read_checkpoints(c, &job_id);
-                    w::record(r, process, "read-checkpoints", Some(job_id.clone()), Value::Null, Some(node), op).await
-                }
-                None => OpType::Ok,
-            }
-        } else if roll < 85 {
-            let client_id = format!("{}{}", w::SET_PREFIX, ctx.counter.fetch_add(1, Ordering::Relaxed));
-            let pending = r.invoke(process, "submit", Some(client_id.clone()), Value::Null, Some(node));
-            let outcome = w::submit(c, &client_id).await;
-            if let Some(job_id) = outcome.value["job_id"].as_str() {
-                lock(&ctx.submitted).push(job_id.to_string());
-            }
-            let op_type = outcome.op_type;
-            r.complete(pending, outcome.op_type, outcome.value, outcome.error);
-            op_type
-        } else if roll < 90 {
-            match pick_job(&ctx.submitted, &mut rng) {
-                Some(job_id) => {
-                    let op = w::cancel(c, &job_id);
-                    w::record(r, process, "cancel", Some(job_id.clone()), Value::Null, Some(node), op).await
-                }
-                None => OpType::Ok,
-            }
-        } else {
-            w::record(r, process, "read-jobs", None, Value::Null, Some(node), w::read_jobs(c)).await
-        };
-        if outcome == OpType::Info {
-            process = ctx.recorder.new_process();
-        }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(5..60))).await;
-    }
-}
-
-/// A random one of `jobs`, if there is any.
-fn pick_job(jobs: &Mutex<Vec<String>>, rng: &mut StdRng) -> Option<String> {
-    let jobs = lock(jobs);
-    (!jobs.is_empty()).then(|| jobs[rng.gen_range(0..jobs.len())].clone())
+    let client = w::ClientLoop {
+        recorder: &ctx.recorder,
+        clients: &ctx.clients,
+        apis: &ctx.apis,
+        keys: &REGISTER_KEYS,
+        holder: &holder,
+        counter: &ctx.counter,
+        submitted: &ctx.submitted,
+        checkpoint_jobs: &ctx.checkpoint_jobs,
+        stop: &ctx.stop,
+    };
+    client.run(seed).await;
 }
 
 /// Every 250 ms: the slot leases through one replica (in turn), and what each TaskManager runs, read from the
